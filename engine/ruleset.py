@@ -1,0 +1,149 @@
+"""The validated rule set: plain, immutable values handed from `validate` to `compile`.
+
+A `RuleSet` is what the YAML files say once every reference in them has been checked:
+rules with their provenance, policy parameters, value sets, the action-code registry
+and the findings declarations. It holds no durable-rules objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Scalar = str | int | float | bool
+
+# A value a comparison is made against: a literal, or a field of a fact bound earlier
+# in the same rule, optionally shifted (`add`) or scaled (`mul`) by a constant.
+
+
+@dataclass(frozen=True)
+class Const:
+    value: Scalar
+
+
+@dataclass(frozen=True)
+class Ref:
+    alias: str
+    field: str
+    add: float = 0.0
+    mul: float = 1.0
+
+
+Operand = Const | Ref
+
+Op = Literal["eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "exists"]
+
+
+@dataclass(frozen=True)
+class Test:
+    """`field op operand` on the fact matched by one pattern."""
+
+    field: str
+    op: Op
+    operand: Operand | tuple[Scalar, ...] | bool
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One fact (or finding) the rule must match, or must not find when `negated`."""
+
+    alias: str
+    kind: Literal["fact", "finding"]
+    name: str  # the fact type, or the finding name
+    view: Literal["current", "all", "finding"]
+    tests: tuple[Test, ...]
+    negated: bool = False
+    pointer: str = ""
+
+
+@dataclass(frozen=True)
+class Conclusion:
+    kind: Literal["finding", "recommend"]
+    name: str  # finding name or action code
+    assignments: Mapping[str, object]  # field -> expression (validated data)
+    severity: str | None = None
+    text: str | None = None
+    pointer: str = ""
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    version: int
+    title: str
+    status: str
+    sources: tuple[str, ...]
+    evidence: str
+    conflicts: tuple[str, ...]
+    explanation: str
+    priority: int
+    # The condition in disjunctive normal form: one conjunction of patterns per branch.
+    branches: tuple[tuple[Pattern, ...], ...]
+    conclusions: tuple[Conclusion, ...]
+    file: str
+    line: int
+    uses_clock: tuple[bool, ...] = ()  # per branch: does it refer to `now`
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    value: Scalar
+    unit: str | None
+    choices: tuple[Scalar, ...]
+    alternatives: Mapping[str, Scalar]
+    description: str
+    sources: tuple[str, ...]
+    evidence: str
+    conflict: str | None
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class FindingDecl:
+    name: str
+    description: str
+    combine: Literal["all", "max", "min"]
+    combine_field: str | None
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Action:
+    code: str
+    meaning: str
+    sources: tuple[str, ...]
+    evidence: str | None
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # as shown in messages, relative to the rules directory's parent
+    sha256: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    name: str
+    version: str
+    digest: str  # sha256 over the rule files (names and bytes)
+    files: tuple[SourceFile, ...]
+    rules: tuple[Rule, ...]  # the rules that run: active (and draft when asked), in file order
+    skipped: tuple[tuple[str, str], ...]  # (rule id, why) for rules that do not run
+    parameters: Mapping[str, Parameter]
+    findings: Mapping[str, FindingDecl]
+    actions: Mapping[str, Action]
+    valuesets: Mapping[str, tuple[Scalar, ...]]
+    overrides: Mapping[str, Scalar] = field(default_factory=dict)
+
+    def policy(self) -> dict[str, Scalar]:
+        """The policy parameter values in force (defaults with overrides applied)."""
+        return {name: p.value for name, p in sorted(self.parameters.items())}

@@ -1,0 +1,775 @@
+"""A patient's session: facts in, findings and recommendations kept true, trace recorded.
+
+durable-rules matches and joins; everything else is here:
+
+- Supersession: a state fact (a vital sign, the oxygen support, ...) has a key; only the
+  newest fact per key is "current". Current-state patterns see the current fact only;
+  `history: true` patterns see every fact. Events (doses, procedures) accumulate.
+- Truth maintenance: every firing records the facts it matched. When a fact goes (a
+  reading superseded, the clock moved, a derived finding withdrawn), every firing that
+  matched it is withdrawn with what it concluded, recursively. A `not` is a count of
+  blocker matches per match: a match concludes only while no blocker holds.
+- Combined findings (`combine: {max: grade}`): rules propose candidates; the best one is
+  asserted as the finding other rules see, and replaced when the candidates change.
+- The logical clock is a fact, moved forward by the facts' own times or fixed by `as_of`;
+  the wall clock is never read.
+- Each external step (one fact, one clock move) is a transaction: a conclusion withdrawn
+  and drawn again identically within it (a clock tick that changes nothing) is not traced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from engine._matcher import Matcher, matcher
+from engine.compile import (
+    CLOCK,
+    CLOCK_TYPE,
+    FINDING_FIELD,
+    FINDING_TYPE,
+    VIEW_FIELD,
+    CompiledBranch,
+    CompiledRuleset,
+)
+from engine.errors import EvaluationError
+from engine.facts import Fact, Rejection, normalise, parse_time, supersession_key
+from engine.ruleset import Conclusion, Rule
+
+MAX_FIRINGS_PER_STEP = 100_000  # a runaway chain is stopped, not left to spin
+
+FiringKey = tuple[str, tuple[str, ...]]
+
+
+def iso(t: float) -> str:
+    stamp = datetime.fromtimestamp(t, tz=UTC)
+    text = stamp.strftime("%Y-%m-%dT%H:%M:%S")
+    if stamp.microsecond:
+        text += f".{stamp.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+@dataclass
+class _Live:
+    """A fact stored in the matcher, and where it came from."""
+
+    did: str
+    content: dict[str, Any]
+    origin: str  # "input", "derived", "aggregate", "clock"
+    fact_id: str | None = None  # input: our fact id
+    firing: FiringKey | None = None  # derived: the firing that concluded it
+    candidate: tuple[FiringKey, int] | None = None  # aggregate: the winning candidate
+
+
+@dataclass
+class _Firing:
+    key: FiringKey
+    branch: CompiledBranch
+    ids: tuple[str, ...]  # matched durable ids, in alias order
+    bindings: dict[str, dict[str, Any]]
+    time: float  # latest time among the matched facts (the clock excluded)
+    active: bool = False
+    outputs: list[tuple[str, Any]] = field(
+        default_factory=list
+    )  # ("fact", did) | ("cand", name) | ("rec", idx)
+
+    @property
+    def stable_key(self) -> FiringKey:
+        """The key without the clock: the same match at a later clock tick."""
+        return (self.key[0], tuple(i for i in self.ids if not i.startswith("_clock@")))
+
+    @property
+    def pos_key(self) -> FiringKey:
+        n = len(self.branch.positives)
+        return (self.branch.main, self.ids[:n])
+
+
+@dataclass
+class _Candidate:
+    firing: FiringKey
+    index: int
+    fields: dict[str, Any]
+    time: float
+
+
+@dataclass
+class _Recommendation:
+    firing: FiringKey
+    conclusion: Conclusion
+    details: dict[str, Any]
+    time: float
+
+
+class Session:
+    """One patient's facts and what the rules conclude from them, kept up to date."""
+
+    def __init__(
+        self,
+        compiled: CompiledRuleset,
+        *,
+        as_of: str | None = None,
+        patient: str | None = None,
+        record_trace: bool = True,
+        matcher_: Matcher | None = None,
+    ) -> None:
+        self.compiled = compiled
+        self.patient = patient
+        self.record_trace = record_trace
+        self._m = matcher_ or matcher()
+        self._rs = compiled.name
+        self._policy = compiled.ruleset.policy()
+        self._facts: dict[str, Fact] = {}
+        self._raw_by_id: dict[str, str] = {}
+        self._rejected: list[Rejection] = []
+        self._current: dict[tuple[Any, ...], str] = {}  # supersession key -> fact id
+        self._superseded: dict[str, str] = {}  # fact id -> the fact id that replaced it
+        self._live: dict[str, _Live] = {}
+        self._asserted_views: dict[tuple[str, str], str] = {}  # (fact id, view) -> did
+        self._supports: dict[str, set[FiringKey]] = {}
+        self._firings: dict[FiringKey, _Firing] = {}
+        self._matches: dict[FiringKey, FiringKey] = {}  # pos key -> main firing key
+        self._blocks: dict[FiringKey, set[FiringKey]] = {}  # pos key -> blocker firing keys
+        self._candidates: dict[str, dict[tuple[FiringKey, int], _Candidate]] = {}
+        self._aggregates: dict[str, tuple[tuple[FiringKey, int], str]] = {}
+        self._dirty: set[str] = set()
+        self._recs: dict[tuple[FiringKey, int], _Recommendation] = {}
+        self._because: dict[FiringKey, frozenset[str]] = {}
+        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self._events: list[dict[str, Any]] = []
+        self.trace: list[dict[str, Any]] = []
+        self._fixed_clock = as_of is not None
+        self._clock: float | None = None
+        self._clock_did: str | None = None
+        self._closed = False
+        self._sid = self._m.open(compiled, self._sink)
+        if as_of is not None:
+            self._transaction(lambda: self._set_clock(parse_time(as_of)[1]))
+
+    # -- public ------------------------------------------------------------------------------
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the matcher's session (durable-rules holds at most 1,024 per rule set)."""
+        if not self._closed:
+            self._closed = True
+            self._m.close(self._rs, self._sid)
+
+    @property
+    def now(self) -> float | None:
+        return self._clock
+
+    def add(self, raw: object, index: int | None = None) -> Fact | Rejection:
+        """Add one fact (raw JSON object or a normalised `Fact`); returns it or its rejection."""
+        if self._closed:
+            raise EvaluationError("the session is closed")
+        idx = len(self._facts) + len(self._rejected) if index is None else index
+        if isinstance(raw, Rejection):
+            self._reject(raw)
+            return raw
+        fact = raw if isinstance(raw, Fact) else normalise(raw, idx)
+        if isinstance(fact, Rejection):
+            self._reject(fact)
+            return fact
+        reason = self._refusal(fact)
+        if reason is not None:
+            rejection = Rejection(idx, fact.id, reason, fact.raw)
+            self._reject(rejection)
+            return rejection
+        self._facts[fact.id] = fact
+        self._raw_by_id[fact.id] = _canonical(fact.raw)
+        self._transaction(lambda: self._insert(fact))
+        return fact
+
+    def add_all(self, raws: Iterable[object]) -> None:
+        for i, raw in enumerate(raws):
+            self.add(raw, i)
+
+    def advance(self, as_of: str) -> None:
+        """Move the logical clock forward to `as_of` (it never moves back)."""
+        t = parse_time(as_of)[1]
+        if self._clock is None or t > self._clock:
+            self._transaction(lambda: self._set_clock(t))
+
+    # -- facts -------------------------------------------------------------------------------
+
+    def _refusal(self, fact: Fact) -> str | None:
+        if fact.id in self._facts:
+            if self._raw_by_id[fact.id] == _canonical(fact.raw):
+                return f"duplicate of fact {fact.id!r}"
+            return f"id {fact.id!r} already used by a different fact"
+        if self.patient is not None and fact.patient is not None and fact.patient != self.patient:
+            return f"fact for patient {fact.patient!r} in a session for patient {self.patient!r}"
+        if self._fixed_clock and self._clock is not None and fact.t > self._clock:
+            return f"time {fact.time!r} is after as_of {iso(self._clock)!r}"
+        return None
+
+    def _reject(self, rejection: Rejection) -> None:
+        self._rejected.append(rejection)
+        self._event(
+            {
+                "event": "rejected",
+                "fact": rejection.id,
+                "index": rejection.index,
+                "reason": rejection.reason,
+            }
+        )
+
+    def _insert(self, fact: Fact) -> None:
+        if self.patient is None and fact.patient is not None:
+            self.patient = fact.patient
+        if not self._fixed_clock and (self._clock is None or fact.t > self._clock):
+            self._set_clock(fact.t)
+        views = self.compiled.views.get(fact.type, frozenset())
+        if "a" in views:
+            self._assert_input(fact, "a")
+        key = supersession_key(fact)
+        if key is None:
+            return
+        full_key = (fact.type, *key)
+        current_id = self._current.get(full_key)
+        if current_id is not None:
+            current = self._facts[current_id]
+            if (fact.t, fact.id) < (current.t, current.id):
+                self._superseded[fact.id] = current_id
+                self._event(
+                    {
+                        "event": "superseded",
+                        "fact": fact.id,
+                        "by": current_id,
+                        "reason": "a newer fact of the same kind was already present",
+                    }
+                )
+                return
+            self._superseded[current_id] = fact.id
+            self._event({"event": "superseded", "fact": current_id, "by": fact.id})
+            did = self._asserted_views.pop((current_id, "c"), None)
+            if did is not None:
+                self._retract(did)
+        self._current[full_key] = fact.id
+        if "c" in views:
+            self._assert_input(fact, "c")
+
+    def _assert_input(self, fact: Fact, view: str) -> None:
+        content = {**fact.data, "type": fact.type, VIEW_FIELD: view, "t": fact.t, "time": fact.time}
+        did = fact.id if view == "a" else f"{fact.id}~c"
+        self._asserted_views[(fact.id, view)] = self._assert(
+            _Live(did, content, "input", fact_id=fact.id)
+        )
+
+    def _set_clock(self, t: float) -> None:
+        self._clock = t
+        if not self.compiled.uses_clock:
+            return
+        if self._clock_did is not None:
+            old, self._clock_did = self._clock_did, None
+            self._retract(old)
+        did = f"_clock@{t!r}"
+        self._clock_did = self._assert(_Live(did, {"type": CLOCK_TYPE, "t": t}, "clock"))
+
+    # -- matcher -----------------------------------------------------------------------------
+
+    def _sink(self, rule_name: str, matched: dict[str, Any]) -> None:
+        self._queue.append((rule_name, matched))
+
+    def _assert(self, live: _Live) -> str:
+        """Assert into the matcher; returns the id it is stored under."""
+        stored = self._m.assert_fact(self._rs, self._sid, live.did, live.content)
+        live.did = stored
+        self._live[stored] = live
+        return stored
+
+    def _retract(self, did: str) -> None:
+        """Retract a fact and, recursively, everything concluded from it."""
+        if self._live.pop(did, None) is None:
+            return
+        self._m.retract_fact(self._rs, self._sid, did)
+        for key in sorted(self._supports.pop(did, ())):
+            self._withdraw_firing(key, reason=f"{self._display_id(did)} is gone")
+
+    # -- the agenda --------------------------------------------------------------------------
+
+    def _transaction(self, step: Any) -> None:
+        self._events = []
+        step()
+        self._drain()
+        if self.record_trace:
+            self._commit_events()
+
+    def _drain(self) -> None:
+        budget = MAX_FIRINGS_PER_STEP
+        while self._queue or self._dirty:
+            budget -= 1
+            if budget < 0:
+                raise EvaluationError(
+                    f"more than {MAX_FIRINGS_PER_STEP} firings for one fact: "
+                    "the rules chain without end"
+                )
+            if self._queue:
+                name, matched = self._queue.popleft()
+                self._fire(name, matched)
+            else:
+                finding = min(self._dirty)
+                self._dirty.discard(finding)
+                self._recombine(finding)
+
+    def _fire(self, name: str, matched: dict[str, Any]) -> None:
+        branch = self.compiled.table.get(name)
+        if branch is None:
+            return  # the sentinel
+        ids = tuple(str(matched[a]["id"]) for a in branch.aliases)
+        if any(i not in self._live for i in ids):
+            return  # stale: a matched fact went away before this activation was processed
+        key: FiringKey = (name, ids)
+        if key in self._firings:
+            return
+        bindings = {a: self._live[i].content for a, i in zip(branch.aliases, ids, strict=True)}
+        times = [
+            float(self._live[i].content["t"])
+            for a, i in zip(branch.aliases, ids, strict=True)
+            if a != CLOCK
+        ]
+        firing = _Firing(key, branch, ids, bindings, max(times) if times else 0.0)
+        self._firings[key] = firing
+        for i in ids:
+            self._supports.setdefault(i, set()).add(key)
+        pos = firing.pos_key
+        if branch.role == "blocker":
+            self._blocks.setdefault(pos, set()).add(key)
+            main_key = self._matches.get(pos)
+            if main_key is not None and self._firings[main_key].active:
+                self._deactivate(
+                    self._firings[main_key],
+                    reason=f"blocked by {self._display_id(ids[len(branch.positives)])}",
+                )
+            return
+        self._matches[pos] = key
+        if not self._blocks.get(pos):
+            self._activate(firing)
+
+    def _withdraw_firing(self, key: FiringKey, reason: str) -> None:
+        firing = self._firings.pop(key, None)
+        if firing is None:
+            return
+        self._because.pop(key, None)
+        for i in firing.ids:
+            users = self._supports.get(i)
+            if users is not None:
+                users.discard(key)
+        pos = firing.pos_key
+        if firing.branch.role == "blocker":
+            blockers = self._blocks.get(pos)
+            if blockers is not None:
+                blockers.discard(key)
+                if not blockers:
+                    del self._blocks[pos]
+                    main_key = self._matches.get(pos)
+                    if main_key is not None and not self._firings[main_key].active:
+                        self._activate(self._firings[main_key])
+            return
+        if self._matches.get(pos) == key:
+            del self._matches[pos]
+        if firing.active:
+            self._deactivate(firing, reason=reason)
+
+    def _activate(self, firing: _Firing) -> None:
+        firing.active = True
+        rule = firing.branch.rule
+        asserted: list[dict[str, Any]] = []
+        for index, concl in enumerate(rule.conclusions):
+            try:
+                values = {k: self._expr(v, firing) for k, v in concl.assignments.items()}
+            except (ArithmeticError, TypeError, ValueError) as exc:
+                raise EvaluationError(
+                    f"cannot compute {concl.name!r}: {exc}",
+                    rule=rule.id,
+                    version=rule.version,
+                    location=rule.location,
+                ) from exc
+            if concl.kind == "recommend":
+                self._recs[(firing.key, index)] = _Recommendation(
+                    firing.key, concl, values, firing.time
+                )
+                firing.outputs.append(("rec", index))
+                asserted.append(
+                    {"recommend": concl.name, "severity": concl.severity, **_details(values)}
+                )
+                continue
+            decl = self.compiled.ruleset.findings[concl.name]
+            if decl.combine == "all":
+                did = "d-" + _hash(firing.stable_key, index)
+                content = {
+                    **values,
+                    "type": FINDING_TYPE,
+                    FINDING_FIELD: concl.name,
+                    "t": firing.time,
+                    "time": iso(firing.time),
+                }
+                did = self._assert(_Live(did, content, "derived", firing=firing.key))
+                firing.outputs.append(("fact", did))
+                asserted.append({"finding": concl.name, "id": did, **values})
+            else:
+                self._candidates.setdefault(concl.name, {})[(firing.key, index)] = _Candidate(
+                    firing.key, index, values, firing.time
+                )
+                firing.outputs.append(("cand", concl.name))
+                self._dirty.add(concl.name)
+                asserted.append({"candidate": concl.name, **values})
+        self._event({"event": "fired", "key": firing.key, "asserted": asserted})
+
+    def _deactivate(self, firing: _Firing, reason: str) -> None:
+        firing.active = False
+        withdrawn: list[dict[str, Any]] = []
+        outputs, firing.outputs = firing.outputs, []
+        for kind, ref in outputs:
+            if kind == "rec":
+                rec = self._recs.pop((firing.key, ref))
+                withdrawn.append({"recommend": rec.conclusion.name})
+            elif kind == "fact":
+                withdrawn.append(
+                    {"finding": self._live[ref].content[FINDING_FIELD], "id": ref}
+                    if ref in self._live
+                    else {"id": ref}
+                )
+                self._retract(ref)
+            else:
+                cands = self._candidates.get(ref, {})
+                for ck in [ck for ck in cands if ck[0] == firing.key]:
+                    del cands[ck]
+                self._dirty.add(ref)
+                withdrawn.append({"candidate": ref})
+        self._event(
+            {"event": "withdrawn", "key": firing.key, "withdrawn": withdrawn, "reason": reason}
+        )
+
+    def _recombine(self, finding: str) -> None:
+        decl = self.compiled.ruleset.findings[finding]
+        cands = self._candidates.get(finding, {})
+        best = _best(cands, decl.combine, decl.combine_field or "")
+        current = self._aggregates.get(finding)
+        if best is None:
+            if current is not None:
+                del self._aggregates[finding]
+                self._retract(current[1])
+            return
+        cand = cands[best]
+        content = {
+            **cand.fields,
+            "type": FINDING_TYPE,
+            FINDING_FIELD: finding,
+            "t": cand.time,
+            "time": iso(cand.time),
+        }
+        if current is not None:
+            live = self._live[current[1]]
+            if live.content == content:
+                # the same value, now resting on another candidate: no change to propagate
+                live.candidate = best
+                self._aggregates[finding] = (best, current[1])
+                self._because.clear()
+                return
+            del self._aggregates[finding]
+            self._retract(current[1])
+        self._event(
+            {
+                "event": "combined",
+                "finding": finding,
+                "rule": self._firings[best[0]].branch.rule.id,
+                "value": _details(cand.fields),
+            }
+        )
+        did = "a-" + hashlib.sha256(_canonical([finding, content]).encode()).hexdigest()[:16]
+        self._aggregates[finding] = (
+            best,
+            self._assert(_Live(did, content, "aggregate", candidate=best)),
+        )
+
+    # -- expressions -------------------------------------------------------------------------
+
+    def _expr(self, expr: Any, firing: _Firing) -> Any:
+        if not isinstance(expr, dict):
+            return list(expr) if isinstance(expr, list) else expr
+        if "ref" in expr:
+            alias, _, path = str(expr["ref"]).partition(".")
+            node: Any = firing.bindings.get(alias)
+            if alias == CLOCK and node is None:
+                node = {
+                    "t": self._clock,
+                    "time": iso(self._clock) if self._clock is not None else None,
+                }
+            for part in path.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            return node
+        if "policy" in expr:
+            return self._policy[expr["policy"]]
+        ((op, args),) = expr.items()
+        values = [self._expr(a, firing) for a in args]
+        if any(v is None for v in values):
+            return None  # unknown stays unknown
+        return _apply(op, values)
+
+    # -- trace -------------------------------------------------------------------------------
+
+    def _event(self, event: dict[str, Any]) -> None:
+        if self.record_trace:
+            self._events.append(event)
+
+    def _commit_events(self) -> None:
+        """Append this step's events to the trace, netting out what did not change: a
+        conclusion drawn and withdrawn within the step, or withdrawn and drawn again
+        (a clock tick, a combined finding replaced by an equal one)."""
+        events = self._events
+        self._events = []
+        dropped: set[int] = set()
+        resupported: dict[int, int] = {}  # index of a re-firing -> index of its withdrawal
+        fired_at: dict[FiringKey, int] = {}
+        pending: dict[str, list[int]] = {}
+        for i, ev in enumerate(events):
+            if ev["event"] == "withdrawn":
+                if ev["key"] in fired_at:
+                    dropped.update((fired_at.pop(ev["key"]), i))
+                else:
+                    pending.setdefault(self._signature(ev), []).append(i)
+            elif ev["event"] == "fired":
+                waiting = pending.get(self._signature(ev))
+                if waiting:
+                    j = waiting.pop(0)
+                    dropped.add(j)
+                    if self._stable_ids(events[j]["key"]) == self._stable_ids(ev["key"]):
+                        dropped.add(i)
+                    else:
+                        resupported[i] = j
+                else:
+                    fired_at[ev["key"]] = i
+        time = iso(self._clock) if self._clock is not None else None
+        for i, ev in enumerate(events):
+            if i in dropped:
+                continue
+            record = self._render(ev, len(self.trace) + 1, time)
+            if i in resupported:
+                record["event"] = "resupported"
+                record["previous"] = self._stable_ids(events[resupported[i]]["key"])
+            self.trace.append(record)
+
+    def _stable_ids(self, key: FiringKey) -> list[str]:
+        return [self._display_id(i) for i in key[1] if not i.startswith("_clock@")]
+
+    def _signature(self, ev: dict[str, Any]) -> str:
+        outputs: list[dict[str, Any]] = ev.get("asserted") or ev.get("withdrawn") or []
+        names = sorted(
+            json.dumps(
+                {k: v for k, v in o.items() if k in ("recommend", "finding", "candidate")},
+                sort_keys=True,
+            )
+            for o in outputs
+        )
+        return json.dumps([ev["key"][0], names])
+
+    def _render(self, ev: dict[str, Any], seq: int, time: str | None) -> dict[str, Any]:
+        record: dict[str, Any] = {"seq": seq, "time": time, "event": ev["event"]}
+        if "key" in ev:
+            name, ids = ev["key"]
+            branch = self.compiled.table[name]
+            rule = branch.rule
+            record.update(
+                {
+                    "rule": rule.id,
+                    "version": rule.version,
+                    "location": rule.location,
+                    "branch": name,
+                    "matched": [self._display_id(i) for i in ids if not i.startswith("_clock@")],
+                }
+            )
+            if "asserted" in ev:
+                record["asserted"] = ev["asserted"]
+            if "withdrawn" in ev:
+                record["withdrawn"] = ev["withdrawn"]
+                record["reason"] = ev["reason"]
+        else:
+            record.update({k: v for k, v in ev.items() if k != "event"})
+        return record
+
+    def _display_id(self, did: str) -> str:
+        live = self._live.get(did)
+        if live is not None and live.fact_id is not None:
+            return live.fact_id
+        base = did.split("~n")[0]
+        return base[:-2] if base.endswith("~c") else base
+
+    # -- support -----------------------------------------------------------------------------
+
+    def because(self, key: FiringKey) -> frozenset[str]:
+        """The input facts a firing rests on, transitively."""
+        cached = self._because.get(key)
+        if cached is not None:
+            return cached
+        firing = self._firings[key]
+        out: set[str] = set()
+        for did in firing.ids:
+            out |= self._because_of_fact(did)
+        result = frozenset(out)
+        self._because[key] = result
+        return result
+
+    def _because_of_fact(self, did: str) -> frozenset[str]:
+        live = self._live.get(did)
+        if live is None or live.origin == "clock":
+            return frozenset()
+        if live.origin == "input":
+            return frozenset({live.fact_id or did})
+        if live.origin == "derived" and live.firing is not None:
+            return self.because(live.firing)
+        if live.origin == "aggregate" and live.candidate is not None:
+            return self.because(live.candidate[0])
+        return frozenset()
+
+    # -- results -----------------------------------------------------------------------------
+
+    def findings(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, decl in sorted(self.compiled.ruleset.findings.items()):
+            if decl.combine == "all":
+                items = [
+                    self._finding_value(live)
+                    for live in self._live.values()
+                    if live.origin == "derived" and live.content.get(FINDING_FIELD) == name
+                ]
+                if items:
+                    out[name] = sorted(items, key=lambda v: (v["since"], v["id"]))
+            elif name in self._aggregates:
+                out[name] = self._finding_value(self._live[self._aggregates[name][1]])
+        return out
+
+    def _finding_value(self, live: _Live) -> dict[str, Any]:
+        key = live.firing if live.firing is not None else live.candidate[0]  # type: ignore[index]
+        rule = self._firings[key].branch.rule
+        fields = {
+            k: v for k, v in live.content.items() if k not in ("type", FINDING_FIELD, "t", "time")
+        }
+        return {
+            **fields,
+            "id": live.did,
+            "rule": rule.id,
+            "since": live.content["time"],
+            "because": sorted(self.because(key)),
+        }
+
+    def recommendations(self) -> list[dict[str, Any]]:
+        grouped: dict[tuple[str, str], dict[str, Any]] = {}
+        for rec in self._recs.values():
+            rule: Rule = self._firings[rec.firing].branch.rule
+            gkey = (rec.conclusion.name, rule.id)
+            entry = grouped.get(gkey)
+            because = self.because(rec.firing)
+            if entry is None:
+                grouped[gkey] = {
+                    "code": rec.conclusion.name,
+                    "severity": rec.conclusion.severity,
+                    "text": rec.conclusion.text,
+                    "rule": rule.id,
+                    "rule_version": rule.version,
+                    "sources": list(rule.sources),
+                    "evidence": rule.evidence,
+                    "because": set(because),
+                    "details": _details(rec.details),
+                    "since": rec.time,
+                }
+            else:
+                entry["because"] |= because
+                if rec.time < entry["since"]:
+                    entry["since"] = rec.time
+                    entry["details"] = _details(rec.details)
+        rank = {"critical": 0, "warning": 1, "info": 2}
+        out = []
+        for entry in grouped.values():
+            entry["because"] = sorted(entry["because"])
+            entry["since"] = iso(entry["since"])
+            if not entry["details"]:
+                del entry["details"]
+            out.append(entry)
+        return sorted(out, key=lambda e: (rank[e["severity"]], e["code"], e["rule"]))
+
+    def rejected(self) -> list[dict[str, Any]]:
+        return [
+            {"index": r.index, "id": r.id, "reason": r.reason, "fact": r.fact}
+            for r in self._rejected
+        ]
+
+    def facts(self) -> list[Fact]:
+        return sorted(self._facts.values(), key=lambda f: (f.t, f.id))
+
+    def superseded(self) -> Mapping[str, str]:
+        return dict(self._superseded)
+
+
+def _details(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _json_number(v) for k, v in sorted(values.items())}
+
+
+def _json_number(v: Any) -> Any:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    return v
+
+
+def _canonical(raw: object) -> str:
+    return json.dumps(raw, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _hash(key: FiringKey, index: int) -> str:
+    text = json.dumps([key[0], list(key[1]), index], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _best(
+    cands: Mapping[tuple[FiringKey, int], _Candidate], how: str, field_: str
+) -> tuple[FiringKey, int] | None:
+    """The winning candidate; ties go to a deterministic, order-free choice."""
+    if not cands:
+        return None
+
+    def rank(item: tuple[tuple[FiringKey, int], _Candidate]) -> tuple[float, str]:
+        value = item[1].fields.get(field_)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            primary = -float(value) if how == "max" else float(value)
+        else:
+            primary = math.inf  # unknown never beats a known value
+        (name, ids), index = item[0]
+        return (primary, json.dumps([name, list(ids), index]))
+
+    return min(cands.items(), key=rank)[0]
+
+
+def _apply(op: str, values: list[Any]) -> Any:
+    if op == "add":
+        return sum(values)
+    if op == "sub":
+        return values[0] - sum(values[1:])
+    if op == "mul":
+        return math.prod(values)
+    if op == "div":
+        out = values[0]
+        for v in values[1:]:
+            out = out / v
+        return out
+    if op == "min":
+        return min(values)
+    if op == "max":
+        return max(values)
+    if op == "round":
+        return round(values[0], int(values[1]))
+    if op == "hours_between":
+        return (float(values[1]) - float(values[0])) / 3600.0
+    if op == "days_between":
+        return (float(values[1]) - float(values[0])) / 86400.0
+    raise ValueError(f"unknown operator {op!r}")
