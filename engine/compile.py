@@ -39,6 +39,14 @@ SENTINEL_RULE = "_sentinel"
 VIEW_FIELD = "_view"
 FINDING_FIELD = "_finding"
 VIEW_CODE = {"current": "c", "all": "a"}
+# The language's `id` field (our fact or finding id) lives in `_fid`: durable-rules reserves
+# `id` for its own fact identity, which differs (per view, and after a collision retry).
+ID_FIELD = "_fid"
+
+
+def _field(name: str) -> str:
+    return ID_FIELD if name == "id" else name
+
 
 Role = Literal["main", "blocker", "sentinel"]
 
@@ -177,7 +185,7 @@ def _clock_test(alias: str, t: Test) -> dict[str, Any]:
 
 
 def _ref_expr(ref: Ref) -> dict[str, Any]:
-    expr: dict[str, Any] = {ref.alias: ref.field}
+    expr: dict[str, Any] = {ref.alias: _field(ref.field)}
     if ref.mul != 1.0:
         expr = {"$mul": {"$l": expr, "$r": ref.mul}}
     if ref.add != 0.0:
@@ -190,7 +198,7 @@ def _is_number(v: object) -> bool:
 
 
 def _test(t: Test, tol: float) -> dict[str, Any]:
-    f = t.field
+    f = _field(t.field)
     if t.op == "exists":
         return {"$ex" if t.operand else "$nex": {f: 1}}
     if t.op in ("in", "not_in"):

@@ -33,6 +33,7 @@ from engine.compile import (
     CLOCK,
     CLOCK_TYPE,
     FINDING_FIELD,
+    ID_FIELD,
     FINDING_TYPE,
     VIEW_FIELD,
     CompiledBranch,
@@ -261,7 +262,14 @@ class Session:
             self._assert_input(fact, "c")
 
     def _assert_input(self, fact: Fact, view: str) -> None:
-        content = {**fact.data, "type": fact.type, VIEW_FIELD: view, "t": fact.t, "time": fact.time}
+        content = {
+            **fact.data,
+            "type": fact.type,
+            VIEW_FIELD: view,
+            ID_FIELD: fact.id,
+            "t": fact.t,
+            "time": fact.time,
+        }
         did = fact.id if view == "a" else f"{fact.id}~c"
         self._asserted_views[(fact.id, view)] = self._assert(
             _Live(did, content, "input", fact_id=fact.id)
@@ -412,6 +420,7 @@ class Session:
                     **values,
                     "type": FINDING_TYPE,
                     FINDING_FIELD: concl.name,
+                    ID_FIELD: did,
                     "t": firing.time,
                     "time": iso(firing.time),
                 }
@@ -472,7 +481,7 @@ class Session:
         }
         if current is not None:
             live = self._live[current[1]]
-            if live.content == content:
+            if {k: v for k, v in live.content.items() if k != ID_FIELD} == content:
                 # the same value, now resting on another candidate: no change to propagate
                 live.candidate = best
                 self._aggregates[finding] = (best, current[1])
@@ -489,6 +498,7 @@ class Session:
             }
         )
         did = "a-" + hashlib.sha256(_canonical([finding, content]).encode()).hexdigest()[:16]
+        content[ID_FIELD] = did
         self._aggregates[finding] = (
             best,
             self._assert(_Live(did, content, "aggregate", candidate=best)),
@@ -507,7 +517,7 @@ class Session:
                     "t": self._clock,
                     "time": iso(self._clock) if self._clock is not None else None,
                 }
-            for part in path.split("."):
+            for part in (ID_FIELD if p == "id" else p for p in path.split(".")):
                 node = node.get(part) if isinstance(node, dict) else None
             return node
         if "policy" in expr:
@@ -654,7 +664,9 @@ class Session:
         key = live.firing if live.firing is not None else live.candidate[0]  # type: ignore[index]
         rule = self._firings[key].branch.rule
         fields = {
-            k: v for k, v in live.content.items() if k not in ("type", FINDING_FIELD, "t", "time")
+            k: v
+            for k, v in live.content.items()
+            if k not in ("type", FINDING_FIELD, ID_FIELD, "t", "time")
         }
         return {
             **fields,

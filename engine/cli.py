@@ -1,0 +1,180 @@
+"""`cart-cds`: validate rules, evaluate a patient's facts.
+
+Exit codes: 0 success; 1 the rules have problems (or, later, a check failed); 2 bad usage
+or unreadable input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from engine.api import Engine, load_rules
+from engine.errors import FactError, RuleSetError
+from engine.facts import load_facts_text
+from engine.report import evaluation_text, timeline_text, to_json
+from engine.ruleset import Scalar
+
+
+def _parse_policy(values: tuple[str, ...]) -> dict[str, Scalar]:
+    """`name=value` pairs; the value is read as JSON when it parses (8, true, "x"), else text."""
+    out: dict[str, Scalar] = {}
+    for item in values:
+        name, sep, raw = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not name=value", param_hint="--policy")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if not isinstance(value, str | int | float | bool):
+            raise click.BadParameter(f"{item!r}: the value must be a number, true/false or text")
+        out[name] = value
+    return out
+
+
+def _load(rules: str | None, policy: tuple[str, ...]) -> Engine:
+    try:
+        return load_rules(rules, policy=_parse_policy(policy))
+    except RuleSetError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        click.echo(f"{len(exc.problems)} problem(s) in the rules", err=True)
+        raise SystemExit(1) from exc
+
+
+def _read_facts(path: str) -> list[object]:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise click.FileError(path, hint=exc.strerror or str(exc)) from exc
+    try:
+        return load_facts_text(text)
+    except FactError as exc:
+        click.echo(f"{path}: {exc}", err=True)
+        raise SystemExit(2) from exc
+
+
+RULES_OPTION = click.option(
+    "--rules",
+    "rules",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Rules directory (default: the bundled rules).",
+)
+POLICY_OPTION = click.option(
+    "--policy",
+    "policy",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a policy parameter of policy.yaml (repeatable).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cart-cds")
+def cli() -> None:
+    """Clinical decision support for CAR-T cell therapy: rules as data on durable-rules."""
+
+
+@cli.command()
+@click.argument("rules_dir", required=False, type=click.Path(file_okay=False))
+@POLICY_OPTION
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def validate(rules_dir: str | None, policy: tuple[str, ...], fmt: str) -> None:
+    """Check every rule file; print every problem (exit 1) or a one-line summary (exit 0)."""
+    try:
+        engine = load_rules(rules_dir, policy=_parse_policy(policy))
+    except RuleSetError as exc:
+        if fmt == "json":
+            click.echo(to_json({"ok": False, "problems": [p.as_dict() for p in exc.problems]}))
+        else:
+            for problem in exc.problems:
+                click.echo(str(problem))
+            click.echo(f"{len(exc.problems)} problem(s)")
+        raise SystemExit(1) from exc
+    rs = engine.ruleset
+    summary = {
+        "ok": True,
+        "ruleset": rs.name,
+        "version": rs.version,
+        "digest": rs.digest,
+        "files": len(rs.files),
+        "rules": len(rs.rules),
+        "skipped": len(rs.skipped),
+        "compiled_rules": len(engine.compiled.rules),
+        "parameters": len(rs.parameters),
+    }
+    if fmt == "json":
+        click.echo(to_json(summary))
+    else:
+        click.echo(
+            f"ok: {rs.name} {rs.version}: {len(rs.files)} files, {len(rs.rules)} rules "
+            f"({len(rs.skipped)} skipped), {len(engine.compiled.rules)} compiled, "
+            f"{len(rs.parameters)} policy parameters, sha256 {rs.digest[:12]}"
+        )
+
+
+@cli.command()
+@click.argument("facts", type=click.Path(allow_dash=True))
+@click.option(
+    "--as-of", "as_of", default=None, help="Logical time (ISO 8601); default: latest fact."
+)
+@RULES_OPTION
+@POLICY_OPTION
+@click.option("--format", "fmt", type=click.Choice(["json", "text"]), default="json")
+@click.option("--timeline", is_flag=True, help="Evaluate after each distinct fact time.")
+@click.option("--no-trace", is_flag=True, help="Leave the trace out of the text format.")
+def evaluate(
+    facts: str,
+    as_of: str | None,
+    rules: str | None,
+    policy: tuple[str, ...],
+    fmt: str,
+    timeline: bool,
+    no_trace: bool,
+) -> None:
+    """Evaluate one patient's FACTS (a JSON array or NDJSON file, or - for stdin)."""
+    if timeline and as_of is not None:
+        raise click.UsageError("--timeline evaluates at every fact time; drop --as-of")
+    engine = _load(rules, policy)
+    raw = _read_facts(facts)
+    result: Any
+    if timeline:
+        result = engine.timeline(raw)
+        click.echo(to_json(result) if fmt == "json" else timeline_text(result))
+        return
+    try:
+        result = engine.evaluate(raw, as_of=as_of)
+    except ValueError as exc:  # a malformed --as-of
+        raise click.BadParameter(str(exc), param_hint="--as-of") from exc
+    click.echo(to_json(result) if fmt == "json" else evaluation_text(result, trace=not no_trace))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: returns the exit code instead of exiting (for tests and embedding)."""
+    try:
+        cli.main(args=argv, prog_name="cart-cds", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 2
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
+
+
+def run() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    run()
