@@ -26,7 +26,7 @@ from typing import Any
 
 from durable import engine as durable_engine
 
-from engine.compile import SENTINEL_TYPE, CompiledRuleset
+from engine.compile import SENTINEL_RULE, SENTINEL_TYPE, CompiledRuleset
 from engine.errors import EvaluationError
 
 MAX_SESSIONS = 1000
@@ -34,6 +34,10 @@ MAX_NONCE_RETRIES = 8
 
 # A sink receives (durable rule name, {alias: fact dict}) for every firing.
 Sink = Callable[[str, dict[str, Any]], None]
+
+
+def _noop(c: Any) -> None:
+    """The sentinel's action: it only has to run once so the session state is initialised."""
 
 
 class CapacityError(EvaluationError):
@@ -60,7 +64,10 @@ class Matcher:
             if self._host is None:
                 self._host = durable_engine.Host()
             rules = {
-                name: {**body, "run": self._action(compiled.name, name)}
+                name: {
+                    **body,
+                    "run": _noop if name == SENTINEL_RULE else self._action(compiled.name, name),
+                }
                 for name, body in compiled.rules.items()
             }
             # register_rulesets mutates its argument: hand it a fresh copy

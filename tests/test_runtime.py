@@ -1,0 +1,297 @@
+"""The session: supersession, truth maintenance, the logical clock, and the guards
+around durable-rules' footguns (DESIGN.md, "durable-rules: how to live with it")."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from durable import engine as durable_engine
+
+import engine
+from engine import _matcher
+from engine.errors import EvaluationError
+
+INFUSION = {
+    "id": "inf",
+    "type": "procedure",
+    "time": "2025-05-05T10:00:00Z",
+    "name": "car_t_infusion",
+    "status": "done",
+}
+PATIENT = {"id": "pt", "type": "patient", "time": "2025-05-05T08:00:00Z", "weight_kg": 70}
+
+
+def temp(fid: str, time: str, value: float, unit: str = "Cel") -> dict[str, Any]:
+    return {
+        "id": fid,
+        "type": "observation",
+        "time": time,
+        "code": "8310-5",
+        "value": value,
+        "unit": unit,
+    }
+
+
+def grade(result: dict[str, Any]) -> Any:
+    return result["findings"]["crs"]["grade"]
+
+
+def test_a_newer_afebrile_reading_supersedes_the_fever_and_withdraws_what_rested_on_it(
+    cds: engine.Engine,
+) -> None:
+    facts = [
+        PATIENT,
+        INFUSION,
+        temp("t1", "2025-05-06T08:00:00Z", 38.5),
+        temp("t2", "2025-05-06T12:00:00Z", 37.0),
+    ]
+    with cds.session() as s:
+        for f in facts[:3]:
+            s.add(f)
+        assert grade(cds.evaluation(s)) == 1
+        s.add(facts[3])
+        result = cds.evaluation(s)
+    assert grade(result) == 0
+    assert not [r for r in result["recommendations"] if r["rule"].startswith("crs.")]
+    withdrawn = [t for t in result["trace"] if t["event"] == "withdrawn"]
+    assert {"crs.fever", "crs.supportive_care"} <= {t["rule"] for t in withdrawn}
+    superseded = [t for t in result["trace"] if t["event"] == "superseded"]
+    assert superseded[0]["fact"] == "t1" and superseded[0]["by"] == "t2"
+
+
+def test_an_older_reading_arriving_late_does_not_replace_the_current_one(
+    cds: engine.Engine,
+) -> None:
+    late = [
+        PATIENT,
+        INFUSION,
+        temp("t2", "2025-05-06T12:00:00Z", 38.6),
+        temp("t1", "2025-05-06T08:00:00Z", 36.8),
+    ]
+    assert grade(cds.evaluate(late)) == 1
+
+
+def test_fever_compared_after_unit_conversion_without_rounding(cds: engine.Engine) -> None:
+    at_threshold = cds.evaluate([INFUSION, temp("t", "2025-05-06T08:00:00Z", 100.4, "[degF]")])
+    below = cds.evaluate([INFUSION, temp("t", "2025-05-06T08:00:00Z", 100.3, "[degF]")])
+    assert grade(at_threshold) == 1
+    assert grade(below) == 0
+
+
+def test_a_fever_older_than_the_lookback_no_longer_counts_as_the_clock_moves(
+    cds: engine.Engine,
+) -> None:
+    facts = [INFUSION, temp("t", "2025-05-06T08:00:00Z", 38.5)]
+    assert grade(cds.evaluate(facts, as_of="2025-05-07T08:00:00Z")) == 1  # 24 h: inclusive
+    assert grade(cds.evaluate(facts, as_of="2025-05-07T08:00:01Z")) == 0
+
+
+def test_a_blocking_fact_arriving_later_withdraws_the_conclusion(cds: engine.Engine) -> None:
+    """crs.masked_by_antipyretic holds only while no 'CRS resolved' condition follows the drug."""
+    facts = [
+        INFUSION,
+        temp("t", "2025-05-06T08:00:00Z", 38.5),
+        {
+            "id": "apap",
+            "type": "medication_admin",
+            "time": "2025-05-06T09:00:00Z",
+            "drug": "acetaminophen",
+        },
+        temp("t2", "2025-05-06T12:00:00Z", 36.9),
+    ]
+    masked = cds.evaluate(facts)
+    assert masked["findings"]["crs"]["driver"] == "FEVER_WAIVED_EPISODE_OPEN"
+    resolved = {
+        "id": "ok",
+        "type": "condition",
+        "time": "2025-05-06T13:00:00Z",
+        "name": "crs",
+        "status": "resolved",
+    }
+    result = cds.evaluate([*facts, resolved])
+    assert grade(result) == 0
+    assert "crs_masking" not in result["findings"]
+
+
+def test_a_retracted_blocker_among_several_does_not_unblock_the_rule(cds: engine.Engine) -> None:
+    """durable-rules' own negation re-fires when one of two blockers goes; ours must not."""
+    facts = [
+        INFUSION,
+        temp("t", "2025-05-06T08:00:00Z", 38.5),
+        {
+            "id": "apap",
+            "type": "medication_admin",
+            "time": "2025-05-06T09:00:00Z",
+            "drug": "acetaminophen",
+        },
+        {
+            "id": "ok",
+            "type": "condition",
+            "time": "2025-05-06T10:00:00Z",
+            "name": "crs",
+            "status": "resolved",
+        },
+    ]
+    result = cds.evaluate(facts)
+    assert "crs_masking" not in result["findings"]
+
+
+def test_facts_after_as_of_are_rejected_with_a_reason(cds: engine.Engine) -> None:
+    result = cds.evaluate(
+        [INFUSION, temp("t", "2025-05-06T08:00:00Z", 38.5)], as_of="2025-05-06T00:00:00Z"
+    )
+    (rejected,) = result["rejected"]
+    assert rejected["id"] == "t"
+    assert "after as_of" in rejected["reason"]
+
+
+def test_invalid_facts_are_listed_as_rejected_not_dropped(cds: engine.Engine) -> None:
+    bad = {"id": "x", "type": "observaton", "time": "2025-05-06T08:00:00Z"}
+    result = cds.evaluate([INFUSION, bad])
+    (rejected,) = result["rejected"]
+    assert rejected["index"] == 1
+    assert "did you mean 'observation'" in rejected["reason"]
+
+
+def test_a_duplicate_fact_is_rejected_as_a_duplicate(cds: engine.Engine) -> None:
+    with cds.session() as s:
+        s.add(INFUSION)
+        s.add(INFUSION)
+        (rejected,) = cds.evaluation(s)["rejected"]
+    assert rejected["reason"] == "duplicate of fact 'inf'"
+
+
+def test_recommendations_name_the_input_facts_they_rest_on(cds: engine.Engine) -> None:
+    result = cds.evaluate([PATIENT, INFUSION, temp("t", "2025-05-06T08:00:00Z", 38.5)])
+    (care,) = [r for r in result["recommendations"] if r["code"] == "CRS_SUPPORTIVE_CARE"]
+    assert care["because"] == ["inf", "t"]
+    assert care["sources"] == ["S02"]
+
+
+def test_the_trace_records_rule_versions_and_places(cds: engine.Engine) -> None:
+    result = cds.evaluate([INFUSION, temp("t", "2025-05-06T08:00:00Z", 38.5)])
+    fired = [t for t in result["trace"] if t["event"] == "fired" and t["rule"] == "crs.fever"]
+    assert fired[0]["location"].startswith("rules/crs.yaml:")
+    assert fired[0]["version"] == 1
+    assert fired[0]["matched"] == ["inf", "t"]
+
+
+# --- durable-rules footguns --------------------------------------------------------------
+
+COLLIDING_IDS = ("f-00562789", "f-00779192")  # equal FNV-1a 32-bit hashes in durable's index
+
+
+def test_two_facts_whose_ids_collide_in_the_matcher_are_both_kept(cds: engine.Engine) -> None:
+    doses = [
+        {
+            "id": fid,
+            "type": "medication_admin",
+            "time": f"2025-05-06T0{i}:00:00Z",
+            "drug": "tocilizumab",
+        }
+        for i, fid in enumerate(COLLIDING_IDS, start=1)
+    ]
+    result = cds.evaluate([INFUSION, *doses])
+    numbers = sorted(d["dose_number"] for d in result["findings"]["tocilizumab_dose"])
+    assert numbers == [1, 2]
+
+
+def test_an_exception_inside_an_action_is_raised_with_the_rule_name(cds: engine.Engine) -> None:
+    m = _matcher.matcher()
+
+    def failing_sink(rule: str, matched: dict[str, Any]) -> None:
+        raise RuntimeError("boom")
+
+    sid = m.open(cds.compiled, failing_sink)
+    try:
+        with pytest.raises(EvaluationError, match=r"rule 'crs.not_applicable_before_infusion'"):
+            m.assert_fact(
+                cds.compiled.name,
+                sid,
+                "x",
+                {
+                    "type": "observation",
+                    "_view": "c",
+                    "_fid": "x",
+                    "name": "body_temperature",
+                    "value": 37.0,
+                    "t": 0.0,
+                    "time": "1970-01-01T00:00:00Z",
+                },
+            )
+    finally:
+        m.close(cds.compiled.name, sid)
+
+
+def test_the_matcher_never_uses_batch_asserts(cds: engine.Engine, monkeypatch: Any) -> None:
+    host = _matcher.matcher()._host
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("batch assert used")
+
+    monkeypatch.setattr(host, "assert_facts", refuse)
+    monkeypatch.setattr(host, "retract_facts", refuse)
+    result = cds.evaluate([INFUSION, temp("t", "2025-05-06T08:00:00Z", 39.0)])
+    assert grade(result) == 1
+
+
+def test_one_host_serves_every_engine(cds: engine.Engine, monkeypatch: Any) -> None:
+    """Each durable-rules Host starts two timer threads that never stop: one per process."""
+    cds.evaluate([INFUSION])
+    host = _matcher.matcher()._host
+    created: list[object] = []
+    original = durable_engine.Host.__init__
+
+    def counting_init(self: object, *args: Any, **kwargs: Any) -> None:
+        created.append(self)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(durable_engine.Host, "__init__", counting_init)
+    for regime in (True, False, True):
+        other = engine.load_rules(policy={"masking_includes_antipyretics": regime})
+        other.evaluate([INFUSION])
+    assert created == []
+    assert _matcher.matcher()._host is host
+
+
+def test_closed_sessions_free_their_matcher_slot(cds: engine.Engine) -> None:
+    m = _matcher.matcher()
+    before = m.live_sessions(cds.compiled.name)
+    for _ in range(50):
+        cds.evaluate([INFUSION])
+    assert m.live_sessions(cds.compiled.name) == before
+
+
+def test_opening_more_sessions_than_the_matcher_holds_is_a_clear_error(
+    cds: engine.Engine, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(
+        _matcher, "MAX_SESSIONS", _matcher.matcher().live_sessions(cds.compiled.name) + 2
+    )
+    sessions = [cds.session(), cds.session()]
+    try:
+        with pytest.raises(_matcher.CapacityError, match="close finished sessions"):
+            cds.session()
+    finally:
+        for s in sessions:
+            s.close()
+
+
+def test_closing_sessions_in_which_no_rule_fired_does_not_crash_the_process() -> None:
+    """durable-rules' delete_state segfaults for a session in which no action ran; the
+    sentinel fact guards it. Run in a subprocess so a crash fails the test, not the suite."""
+    code = (
+        "import engine\n"
+        "cds = engine.load_rules()\n"
+        "for i in range(200):\n"
+        "    cds.evaluate([{'type': 'caregiver', 'time': '2025-05-05', 'available': True}])\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
