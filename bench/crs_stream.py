@@ -222,7 +222,7 @@ def _episode_events(
                 volume_mL=rng.choice([500, 1000]),
             )
         toci_at = times[first] + timedelta(minutes=45)
-        if len(ep.low_sbp_slots) >= 2 and rng.random() < 0.35:
+        if len(ep.low_sbp_slots) >= 2 and rng.random() < 0.5:
             grade = 3
             started = times[first] + timedelta(hours=3)
             stop = min(started + timedelta(hours=rng.randrange(12, 37)), end)
