@@ -150,6 +150,15 @@ def _convert_alternatives(doc: YamlDoc, error: ValidationError) -> list[Problem]
                 return [_bad_discriminator(doc, error, discriminator)]
             branches = matched
 
+        # a branch whose required keys the object has is the one the author meant
+        complete = {
+            index: errors
+            for index, errors in branches.items()
+            if not any(sub.validator == "required" and not sub.relative_path for sub in errors)
+        }
+        if complete:
+            branches = complete
+
     best = min((sub for errors in branches.values() for sub in errors), key=relevance)
     chosen = branches[_branch_of(best, branches)]
     problems: list[Problem] = []

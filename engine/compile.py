@@ -246,10 +246,13 @@ def _capacity_problems(
     children: dict[str, set[str]] = defaultdict(set)
     per_fact: dict[str, set[str]] = defaultdict(set)
     for name, rule in rules.items():
-        if len(rule["all"]) > MAX_PATTERNS_PER_RULE:
+        joined = len(rule["all"])
+        if joined > MAX_PATTERNS_PER_RULE:
+            with_clock = any(CLOCK in p for p in rule["all"])
+            how = f" ({joined - 1} written and the clock {CLOCK!r})" if with_clock else ""
             at(
                 name,
-                f"rule {name!r} joins {len(rule['all'])} patterns, over the limit of "
+                f"rule {name!r} joins {joined} patterns{how}, over the limit of "
                 f"{MAX_PATTERNS_PER_RULE}",
             )
         for pattern in rule["all"]:

@@ -42,6 +42,7 @@ class Test:
     field: str
     op: Op
     operand: Operand | tuple[Scalar, ...] | bool
+    pointer: str = ""  # where in the rule file, for messages
 
 
 @dataclass(frozen=True)

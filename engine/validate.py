@@ -101,6 +101,7 @@ class _Context:
     valuesets: dict[str, tuple[Scalar, ...]] = field(default_factory=dict)
     findings: dict[str, FindingDecl] = field(default_factory=dict)
     concluded: dict[str, set[str]] = field(default_factory=dict)  # finding -> fields set
+    combine_places: dict[str, tuple[YamlDoc, str]] = field(default_factory=dict)
 
     def problem(self, doc: YamlDoc, pointer: str, message: str, *, key: bool = False) -> None:
         line, col = doc.locate_key(pointer) if key else doc.locate(pointer)
@@ -118,17 +119,26 @@ def validate_documents(
     """Check the documents and build the `RuleSet`, or raise `RuleSetError` with every problem."""
     ctx = _Context(vocabulary or default_vocabulary())
     validator = rule_schema_validator()
-    valid: list[YamlDoc] = []
+    invalid: set[int] = set()
+    by_kind: dict[str, list[YamlDoc]] = {}
     for doc in docs:
         found = schema_problems(doc, validator)
         ctx.problems.extend(found)
-        if not found:
-            valid.append(doc)
-    by_kind: dict[str, list[YamlDoc]] = {}
-    for doc in valid:
-        by_kind.setdefault(str(cast(dict[str, Any], doc.data)["kind"]), []).append(doc)
+        if found:
+            invalid.add(id(doc))
+        kind = doc.data.get("kind") if isinstance(doc.data, dict) else None
+        if isinstance(kind, str):
+            by_kind.setdefault(kind, []).append(doc)
 
-    manifest = _manifest(ctx, by_kind.get("ruleset", []), docs)
+    # Documents with schema problems still lend their names (parameters, actions, value
+    # sets, findings) so that one mistake does not cascade into false "unknown" problems;
+    # only their rules are not built.
+    manifest = _manifest(
+        ctx,
+        [d for d in by_kind.get("ruleset", []) if id(d) not in invalid],
+        docs,
+        bool(by_kind.get("ruleset")),
+    )
     for doc in by_kind.get("policy", []):
         _collect_parameters(ctx, doc)
     for doc in by_kind.get("actions", []):
@@ -136,9 +146,12 @@ def validate_documents(
     for doc in by_kind.get("valuesets", []):
         _collect_valuesets(ctx, doc)
     _apply_overrides(ctx, overrides or {})
-    rule_docs = by_kind.get("rules", [])
-    for doc in rule_docs:
+    all_rule_docs = by_kind.get("rules", [])
+    for doc in all_rule_docs:
         _collect_findings(ctx, doc)
+    for doc in all_rule_docs:
+        _collect_conclusions(ctx, doc, check=id(doc) not in invalid)
+    rule_docs = [d for d in all_rule_docs if id(d) not in invalid]
     rules: list[Rule] = []
     skipped: list[tuple[str, str]] = []
     seen_ids: dict[str, str] = {}
@@ -196,19 +209,18 @@ def _problem_order(p: Problem) -> tuple[str, int, int, str, str]:
 
 
 def _manifest(
-    ctx: _Context, manifests: list[YamlDoc], docs: Sequence[YamlDoc]
+    ctx: _Context, manifests: list[YamlDoc], docs: Sequence[YamlDoc], any_manifest: bool
 ) -> tuple[str, str] | None:
     if len(manifests) == 1:
         data = cast(dict[str, Any], manifests[0].data)
         return str(data["name"]), str(data["version"])
     if not manifests:
-        if not ctx.problems:
-            first = docs[0].filename if docs else None
+        if not any_manifest:
+            where = docs[0].filename.rpartition("/")[0] if docs else ""
             ctx.problems.append(
                 Problem(
-                    "no rule set manifest: add a file with 'kind: ruleset', "
-                    "a 'name' and a 'version'",
-                    first,
+                    f"no rule set manifest in {where!r}: add a file with 'kind: ruleset', "
+                    "a 'name' and a 'version'"
                 )
             )
         return None
@@ -217,8 +229,17 @@ def _manifest(
     return None
 
 
+def _entries(doc: YamlDoc, key: str) -> list[tuple[str, dict[str, Any]]]:
+    """The well-formed entries of a top-level mapping, even in a document with problems."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    section = data.get(key)
+    if not isinstance(section, dict):
+        return []
+    return [(str(k), v) for k, v in section.items() if isinstance(v, dict)]
+
+
 def _collect_parameters(ctx: _Context, doc: YamlDoc) -> None:
-    for name, raw in cast(dict[str, Any], doc.data)["parameters"].items():
+    for name, raw in _entries(doc, "parameters"):
         pointer = f"/parameters/{name}"
         if name in ctx.parameters:
             ctx.problem(
@@ -229,8 +250,8 @@ def _collect_parameters(ctx: _Context, doc: YamlDoc) -> None:
                 key=True,
             )
             continue
-        choices = tuple(raw.get("choices", ()))
-        if choices and raw["value"] not in choices:
+        choices = tuple(raw.get("choices", ()) or ())
+        if choices and raw.get("value") not in choices:
             ctx.problem(
                 doc,
                 f"{pointer}/value",
@@ -240,13 +261,13 @@ def _collect_parameters(ctx: _Context, doc: YamlDoc) -> None:
         unit = raw.get("unit")
         ctx.parameters[name] = Parameter(
             name=name,
-            value=raw["value"],
+            value=raw.get("value"),  # type: ignore[arg-type]
             unit=unit,
             choices=choices,
-            alternatives=dict(raw.get("alternatives", {})),
-            description=raw["description"],
-            sources=tuple(raw.get("sources", ())),
-            evidence=raw["evidence"],
+            alternatives=dict(raw.get("alternatives", {}) or {}),
+            description=str(raw.get("description", "")),
+            sources=tuple(raw.get("sources", ()) or ()),
+            evidence=str(raw.get("evidence", "")),
             conflict=raw.get("conflict"),
             file=doc.filename,
             line=doc.locate_key(pointer)[0],
@@ -254,21 +275,25 @@ def _collect_parameters(ctx: _Context, doc: YamlDoc) -> None:
 
 
 def _collect_actions(ctx: _Context, doc: YamlDoc) -> None:
-    for code, raw in cast(dict[str, Any], doc.data)["actions"].items():
+    for code, raw in _entries(doc, "actions"):
         if code in ctx.actions:
             ctx.problem(doc, f"/actions/{code}", f"duplicate action code {code!r}", key=True)
             continue
         ctx.actions[code] = Action(
-            code, raw["meaning"], tuple(raw.get("sources", ())), raw.get("evidence")
+            code,
+            str(raw.get("meaning", "")),
+            tuple(raw.get("sources", ()) or ()),
+            raw.get("evidence"),
         )
 
 
 def _collect_valuesets(ctx: _Context, doc: YamlDoc) -> None:
-    for name, raw in cast(dict[str, Any], doc.data)["valuesets"].items():
+    for name, raw in _entries(doc, "valuesets"):
         if name in ctx.valuesets:
             ctx.problem(doc, f"/valuesets/{name}", f"duplicate value set {name!r}", key=True)
             continue
-        ctx.valuesets[name] = tuple(raw["values"])
+        values = raw.get("values")
+        ctx.valuesets[name] = tuple(values) if isinstance(values, list) else ()
 
 
 def _apply_overrides(ctx: _Context, overrides: Mapping[str, Scalar]) -> None:
@@ -305,8 +330,7 @@ def _apply_overrides(ctx: _Context, overrides: Mapping[str, Scalar]) -> None:
 
 
 def _collect_findings(ctx: _Context, doc: YamlDoc) -> None:
-    data = cast(dict[str, Any], doc.data)
-    for name, raw in data.get("findings", {}).items():
+    for name, raw in _entries(doc, "findings"):
         pointer = f"/findings/{name}"
         if name in ctx.findings:
             first = ctx.findings[name]
@@ -318,24 +342,41 @@ def _collect_findings(ctx: _Context, doc: YamlDoc) -> None:
             )
             continue
         combine = raw.get("combine", "all")
-        if isinstance(combine, dict):
+        if isinstance(combine, dict) and len(combine) == 1:
             how, fld = next(iter(combine.items()))
+            ctx.combine_places[name] = (doc, f"{pointer}/combine/{how}")
         else:
             how, fld = "all", None
         ctx.findings[name] = FindingDecl(
-            name, raw["description"], how, fld, doc.filename, doc.locate_key(pointer)[0]
+            name,
+            str(raw.get("description", "")),
+            how,
+            fld,
+            doc.filename,
+            doc.locate_key(pointer)[0],
         )
-    for index, rule in enumerate(data["rules"]):
-        for cindex, concl in enumerate(rule["then"]):
-            if "finding" in concl:
-                ctx.concluded.setdefault(concl["finding"], set()).update(concl.get("set", {}))
-                if concl["finding"] not in ctx.findings:
-                    ctx.problem(
-                        doc,
-                        f"/rules/{index}/then/{cindex}/finding",
-                        f"finding {concl['finding']!r} is not declared in any 'findings:' "
-                        f"block{suggest(concl['finding'], ctx.findings)}",
-                    )
+
+
+def _collect_conclusions(ctx: _Context, doc: YamlDoc, *, check: bool) -> None:
+    """Which findings the rules conclude, with which fields (after every declaration is known)."""
+    data = doc.data if isinstance(doc.data, dict) else {}
+    rules = data.get("rules")
+    for index, rule in enumerate(rules if isinstance(rules, list) else []):
+        then = rule.get("then") if isinstance(rule, dict) else None
+        for cindex, concl in enumerate(then if isinstance(then, list) else []):
+            if not isinstance(concl, dict) or not isinstance(concl.get("finding"), str):
+                continue
+            assigned = concl.get("set")
+            ctx.concluded.setdefault(concl["finding"], set()).update(
+                assigned if isinstance(assigned, dict) else {}
+            )
+            if check and concl["finding"] not in ctx.findings:
+                ctx.problem(
+                    doc,
+                    f"/rules/{index}/then/{cindex}/finding",
+                    f"finding {concl['finding']!r} is not declared in any 'findings:' "
+                    f"block{suggest(concl['finding'], ctx.findings)}",
+                )
 
 
 def _check_findings_used(ctx: _Context, docs: list[YamlDoc]) -> None:
@@ -343,13 +384,11 @@ def _check_findings_used(ctx: _Context, docs: list[YamlDoc]) -> None:
         if decl.combine_field is not None and decl.combine_field not in ctx.concluded.get(
             name, set()
         ):
-            ctx.problems.append(
-                Problem(
-                    f"finding {name!r} combines by {decl.combine_field!r}, "
-                    "but no rule sets that field",
-                    decl.file,
-                    decl.line,
-                )
+            doc, pointer = ctx.combine_places[name]
+            ctx.problem(
+                doc,
+                pointer,
+                f"finding {name!r} combines by {decl.combine_field!r}, but no rule sets that field",
             )
 
 
@@ -391,6 +430,18 @@ def _build_rule(ctx: _Context, doc: YamlDoc, pointer: str, raw: dict[str, Any]) 
         line=doc.locate(pointer)[0],
         uses_clock=tuple(any(_refers_to(p, CLOCK) for p in b) for b in finished),
     )
+
+
+def _json_type_ok(value: object, expected: tuple[str, ...]) -> bool:
+    if isinstance(value, bool):
+        return "boolean" in expected
+    if isinstance(value, int):
+        return bool({"integer", "number"} & set(expected))
+    if isinstance(value, float):
+        return "number" in expected or ("integer" in expected and value.is_integer())
+    if isinstance(value, str):
+        return "string" in expected
+    return True
 
 
 def _refers_to(p: Pattern, alias: str) -> bool:
@@ -469,15 +520,18 @@ class _RuleBuilder:
                 f"{pointer}/of/as",
                 "a counted pattern cannot be given an alias: no single fact stands for it",
             )
+        inner = {k: v for k, v in inner.items() if k != "as"}
         copies: Branch = []
         n = cond["at_least"]
         if isinstance(n, dict):
             param = self.parameter(n["policy"], f"{pointer}/at_least/policy")
             n = param.value if param is not None else 1
-            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 8:
+            if param is not None and (
+                not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 8
+            ):
                 self.error(
                     f"{pointer}/at_least",
-                    f"policy parameter {n!r} must be a whole number from 1 to 8 to count facts",
+                    f"policy parameter {param.name!r} is {n!r}, not a whole number from 1 to 8",
                 )
                 n = 1
         for i in range(n):
@@ -489,7 +543,7 @@ class _RuleBuilder:
                     p.kind,
                     p.name,
                     p.view,
-                    (*p.tests, Test("id", "gt", Ref(copies[-1].alias, "id"))),
+                    (*p.tests, Test("id", "gt", Ref(copies[-1].alias, "id"), p.pointer)),
                     p.negated,
                     p.pointer,
                 )
@@ -561,18 +615,20 @@ class _RuleBuilder:
     def tests(self, kind: str, name: str, fld: str, test: object, pointer: str) -> list[Test]:
         self.check_field(kind, name, fld, pointer)
         if not isinstance(test, dict) or "policy" in test:
-            return [Test(fld, "eq", self.operand(test, pointer, kind, name, fld))]
+            return [Test(fld, "eq", self.operand(test, pointer, kind, name, fld), pointer)]
         out: list[Test] = []
         for op, value in test.items():
+            at = f"{pointer}/{op}"
             if op in ("in", "not_in"):
-                values = self.value_list(value, f"{pointer}/{op}")
-                for v in values:
-                    self.check_enum(kind, name, fld, v, f"{pointer}/{op}")
-                out.append(Test(fld, op, values))
+                values = self.value_list(value, at)
+                for i, v in enumerate(values):
+                    item = f"{at}/{i}" if isinstance(value, list) else f"{at}/valueset"
+                    self.check_enum(kind, name, fld, v, item)
+                out.append(Test(fld, op, values, at))
             elif op == "exists":
-                out.append(Test(fld, "exists", bool(value)))
+                out.append(Test(fld, "exists", bool(value), at))
             else:
-                out.append(Test(fld, op, self.operand(value, f"{pointer}/{op}", kind, name, fld)))
+                out.append(Test(fld, op, self.operand(value, at, kind, name, fld), at))
         return out
 
     def value_list(self, value: object, pointer: str) -> tuple[Scalar, ...]:
@@ -598,12 +654,17 @@ class _RuleBuilder:
                     f"{suggest(str(value), self.ctx.vocab.observation_names)}",
                 )
             return
-        allowed = self.ctx.vocab.types[name].enums.get(fld)
+        ftype = self.ctx.vocab.types[name]
+        allowed = ftype.enums.get(fld)
         if allowed is not None and value not in allowed:
-            self.error(
-                pointer,
-                f"{value!r} is not a value of {name}.{fld}{suggest(str(value), map(str, allowed))}",
-            )
+            hint = suggest(str(value), map(str, allowed))
+            if not hint and len(allowed) <= 12:
+                hint = f" (allowed: {', '.join(repr(a) for a in allowed)})"
+            self.error(pointer, f"{value!r} is not a value of {name}.{fld}{hint}")
+            return
+        expected = ftype.json_types.get(fld)
+        if expected and not _json_type_ok(value, expected):
+            self.error(pointer, f"{value!r} is not of type {' or '.join(map(repr, expected))}")
 
     def operand(self, value: object, pointer: str, kind: str, name: str, fld: str) -> Operand:
         if isinstance(value, dict) and "policy" in value:
@@ -681,33 +742,24 @@ class _RuleBuilder:
                 "no fact happens after 'now': use 'not_after: now' or 'before: now'",
             )
             return []
-        tests: list[Test] = []
+        at = f"{pointer}/{direction}"
         op = {"after": "gt", "not_before": "gte", "before": "lt", "not_after": "lte"}[direction]
-        if not (
-            anchor == CLOCK and direction == "not_after"
-        ):  # every visible fact is not after now
-            tests.append(Test("t", cast(Any, op), Ref(anchor, "t")))
-        if "within" in raw:
-            d = self.duration(raw["within"], f"{pointer}/within")
-            tests.append(
-                Test("t", "lte", Ref(anchor, "t", d))
-                if forward
-                else Test("t", "gte", Ref(anchor, "t", -d))
-            )
-        if "less_than" in raw:
-            d = self.duration(raw["less_than"], f"{pointer}/less_than")
-            tests.append(
-                Test("t", "lt", Ref(anchor, "t", d))
-                if forward
-                else Test("t", "gt", Ref(anchor, "t", -d))
-            )
-        if "at_least" in raw:
-            d = self.duration(raw["at_least"], f"{pointer}/at_least")
-            tests.append(
-                Test("t", "gte", Ref(anchor, "t", d))
-                if forward
-                else Test("t", "lte", Ref(anchor, "t", -d))
-            )
+        tests: list[Test] = []
+        if not (anchor == CLOCK and direction == "not_after"):  # no visible fact is after now
+            tests.append(Test("t", cast(Any, op), Ref(anchor, "t"), at))
+        # distance bounds: (key, op when the fact is after the anchor, op when before)
+        for key, after_op, before_op in (
+            ("within", "lte", "gte"),
+            ("less_than", "lt", "gt"),
+            ("at_least", "gte", "lte"),
+        ):
+            if key in raw:
+                d = self.duration(raw[key], f"{pointer}/{key}")
+                tests.append(
+                    Test("t", cast(Any, after_op), Ref(anchor, "t", d), at)
+                    if forward
+                    else Test("t", cast(Any, before_op), Ref(anchor, "t", -d), at)
+                )
         return tests
 
     # -- per-branch checks ---------------------------------------------------------------
@@ -726,7 +778,7 @@ class _RuleBuilder:
         for p in ordered:
             for t in p.tests:
                 if isinstance(t.operand, Ref):
-                    self.check_ref(t.operand, bound, p.pointer)
+                    self.check_ref(t.operand, bound, t.pointer or p.pointer)
             if p.alias in bound:
                 self.error(f"{p.pointer}/as", f"alias {p.alias!r} is used twice in one rule")
             if not p.negated:

@@ -28,6 +28,7 @@ class FactType:
     name: str
     fields: frozenset[str]
     enums: dict[str, tuple[object, ...]]
+    json_types: dict[str, tuple[str, ...]]  # field -> JSON types it may hold, when one is fixed
     state_key: tuple[str, ...] | None  # None: an event (every fact accumulates)
 
     @property
@@ -82,6 +83,17 @@ def _enum_of(schema: dict[str, object], prop: object) -> tuple[object, ...] | No
     return None
 
 
+def _types_of(schema: dict[str, object], prop: object) -> tuple[str, ...]:
+    prop = _resolve(schema, prop)
+    if isinstance(prop, dict):
+        declared = prop.get("type")
+        if isinstance(declared, str):
+            return (declared,)
+        if isinstance(declared, list):
+            return tuple(str(t) for t in declared)
+    return ()
+
+
 def build_vocabulary(schema: dict[str, object], observations: object) -> Vocabulary:
     types: dict[str, FactType] = {}
     defs = schema.get("$defs", {})
@@ -96,7 +108,8 @@ def build_vocabulary(schema: dict[str, object], observations: object) -> Vocabul
         assert isinstance(props, dict)
         fields = frozenset(k for k in props if k not in _NOT_FIELDS)
         enums = {k: e for k in fields if (e := _enum_of(schema, props[k])) is not None}
-        types[name] = FactType(name, fields, enums, _state_key(definition))
+        json_types = {k: t for k in fields if (t := _types_of(schema, props[k]))}
+        types[name] = FactType(name, fields, enums, json_types, _state_key(definition))
     return Vocabulary(types, frozenset(_observation_names(observations)))
 
 

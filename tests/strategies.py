@@ -1,0 +1,485 @@
+"""Hypothesis strategies for cart-cds facts, shared by the property tests.
+
+- `crs_course()`: one realistic CRS patient (weight, a CAR-T infusion at `ANCHOR`, then
+  1-25 CRS facts on a 30-minute grid within 10 days, so ties in time happen).
+- `any_valid_fact()`: a fact of any type that `schemas/fact.schema.json` accepts, with
+  random (often extreme) values; built from the schema's own types and enums.
+- `any_json_fact()`: an arbitrary JSON object, or a valid fact with one thing broken.
+
+Every fact these strategies build is plain JSON (dicts, lists, str, int, finite float,
+bool, None) so it can be sent to the engine as a host would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+REPO = Path(__file__).resolve().parents[1]
+FACT_SCHEMA: dict[str, Any] = json.loads(
+    (REPO / "schemas" / "fact.schema.json").read_text(encoding="utf-8")
+)
+VOCABULARY: dict[str, Any] = json.loads(
+    (REPO / "schemas" / "observations.json").read_text(encoding="utf-8")
+)["observations"]
+FACT_VALIDATOR = Draft202012Validator(
+    FACT_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
+)
+
+# The definition of each fact type (the `$defs` entries that pin `type` with `const`).
+TYPE_DEFS: dict[str, dict[str, Any]] = {
+    d["properties"]["type"]["const"]: d
+    for d in FACT_SCHEMA["$defs"].values()
+    if "const" in d.get("properties", {}).get("type", {})
+}
+
+# ---------------------------------------------------------------------------- time grid
+
+ANCHOR = datetime(2025, 5, 5, 12, 0, tzinfo=UTC)  # the CAR-T infusion (D0T12:00)
+STEP = timedelta(minutes=30)
+GRID_STEPS = 10 * 24 * 2  # ten days of 30-minute steps after the infusion
+
+
+def at(step: int) -> str:
+    """The ISO time `step` half-hours after the infusion."""
+    return (ANCHOR + step * STEP).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def step_of(time: str) -> int:
+    """The inverse of `at` (for facts on the grid)."""
+    moment = datetime.strptime(time, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return int((moment - ANCHOR) / STEP)
+
+
+INFUSION: dict[str, Any] = {
+    "id": "inf",
+    "type": "procedure",
+    "time": at(0),
+    "name": "car_t_infusion",
+    "status": "done",
+    "product": "axi-cel",
+}
+
+# ---------------------------------------------------------------------------- CRS facts
+
+OXYGEN_DEVICES = (
+    "none",
+    "low_flow_nc",
+    "nasal_cannula_standard",
+    "blow_by",
+    "high_flow_nc",
+    "face_mask",
+    "non_rebreather",
+    "venturi",
+    "cpap",
+    "bipap",
+    "invasive_ventilation",
+)
+LOW_FLOW_CANNULAS = ("low_flow_nc", "nasal_cannula_standard")
+HIGH_FLOW_DEVICES = ("high_flow_nc", "face_mask", "non_rebreather", "venturi")
+POSITIVE_PRESSURE = ("cpap", "bipap", "invasive_ventilation")
+VASOPRESSORS = ("norepinephrine", "epinephrine", "phenylephrine", "dopamine", "vasopressin")
+CRS_DRUGS = ("acetaminophen", "tocilizumab", "dexamethasone")
+LOW_FLOW_MAX_L_MIN = 6
+
+
+def oxygen_intensity(fact: dict[str, Any]) -> int:
+    """The ASTCT hypoxia grade an oxygen_support fact given for hypoxia implies:
+    none < low-flow cannula at most 6 L/min (or flow not sent) == blow-by < high-flow
+    device or cannula above 6 L/min < positive pressure."""
+    device = fact["device"]
+    if device == "none" or fact.get("indication") != "hypoxia":
+        return 0
+    if device in POSITIVE_PRESSURE:
+        return 4
+    if device in HIGH_FLOW_DEVICES:
+        return 3
+    if device in LOW_FLOW_CANNULAS and fact.get("flow_L_min", 0) > LOW_FLOW_MAX_L_MIN:
+        return 3
+    return 2
+
+
+def tenths(low: int, high: int) -> st.SearchStrategy[float]:
+    """Numbers with one decimal in [low/10, high/10] (the boundaries are on the grid)."""
+    return st.integers(low, high).map(lambda n: n / 10)
+
+
+@st.composite
+def temperature(draw: st.DrawFn, *, febrile: bool | None = None) -> dict[str, Any]:
+    """A body temperature in Cel or [degF], 36-41 Cel (38.0 Cel is the fever threshold)."""
+    low, high = {None: (360, 410), True: (380, 410), False: (360, 379)}[febrile]
+    cel = draw(st.integers(low, high))  # tenths of a degree Celsius
+    fact: dict[str, Any] = {"type": "observation"}
+    if draw(st.booleans()):
+        fact["unit"], fact["value"] = "Cel", cel / 10
+    else:  # 9/5 of a tenth: whole tenths of degF, some exactly on a Celsius tenth
+        degf10 = 320 + (cel * 9 + 4) // 5
+        if febrile is False and degf10 >= 1004:
+            degf10 = 1003
+        if febrile is True and degf10 < 1004:
+            degf10 = 1004
+        fact["unit"], fact["value"] = "[degF]", degf10 / 10
+    fact.update(draw(_identity("body_temperature", "8310-5", ("temperature",))))
+    return fact
+
+
+def _identity(name: str, code: str, aliases: tuple[str, ...]) -> st.SearchStrategy[dict[str, str]]:
+    """How a host names an observation: by LOINC code, by name or alias, or both."""
+    names = st.sampled_from((name, *aliases))
+    return st.one_of(
+        st.just({"code": code}),
+        names.map(lambda n: {"name": n}),
+        names.map(lambda n: {"code": code, "name": n}),
+    )
+
+
+@st.composite
+def sbp(draw: st.DrawFn, low: int = 60, high: int = 140) -> dict[str, Any]:
+    """A systolic blood pressure in mm[Hg] (below 90 is hypotension)."""
+    fact: dict[str, Any] = {
+        "type": "observation",
+        "value": draw(st.integers(low, high)),
+        "unit": "mm[Hg]",
+    }
+    fact.update(draw(_identity("sbp", "8480-6", ("SBP", "systolic_bp"))))
+    return fact
+
+
+@st.composite
+def oxygen_support(draw: st.DrawFn, devices: tuple[str, ...] = OXYGEN_DEVICES) -> dict[str, Any]:
+    device = draw(st.sampled_from(devices))
+    fact: dict[str, Any] = {"type": "oxygen_support", "device": device, "indication": "hypoxia"}
+    if device != "none" and draw(st.integers(0, 3)) > 0:
+        fact["flow_L_min"] = draw(st.integers(1, 15))
+    return fact
+
+
+def vasopressor(status: str | None = None) -> st.SearchStrategy[dict[str, Any]]:
+    statuses = st.sampled_from(("started", "stopped")) if status is None else st.just(status)
+    return st.fixed_dictionaries(
+        {
+            "type": st.just("vasopressor"),
+            "drug": st.sampled_from(VASOPRESSORS),
+            "status": statuses,
+        },
+        optional={"dose": tenths(1, 50), "unit": st.just("ug/kg/min")},
+    )
+
+
+def medication_admin(drugs: tuple[str, ...] = CRS_DRUGS) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {"type": st.just("medication_admin"), "drug": st.sampled_from(drugs)},
+        optional={
+            "dose": st.sampled_from((10, 500, 650, 1000)),
+            "unit": st.just("mg"),
+            "route": st.sampled_from(("IV", "PO")),
+            "indication": st.sampled_from(("crs", "fever", "prophylaxis")),
+        },
+    )
+
+
+FLUID_BOLUS = st.fixed_dictionaries(
+    {"type": st.just("fluid_bolus"), "volume_mL": st.sampled_from((250, 500, 1000, 2000))}
+)
+
+
+@st.composite
+def anc(draw: st.DrawFn) -> dict[str, Any]:
+    """An absolute neutrophil count, in /uL or 10*9/L."""
+    per_ul = draw(st.integers(0, 5000))
+    fact: dict[str, Any] = {"type": "observation"}
+    if draw(st.booleans()):
+        fact["value"], fact["unit"] = per_ul, "/uL"
+    else:
+        fact["value"], fact["unit"] = per_ul / 1000, "10*9/L"
+    fact.update(draw(_identity("anc", "751-8", ("ANC",))))
+    return fact
+
+
+CRS_RESOLVED = st.just({"type": "condition", "name": "crs", "status": "resolved"})
+TOCILIZUMAB_ORDER = st.fixed_dictionaries(
+    {"type": st.just("order_request"), "drug": st.just("tocilizumab")},
+    optional={"dose": st.sampled_from((560, 640, 800)), "unit": st.just("mg")},
+)
+
+
+def crs_fact(*, masking_drugs: bool = True) -> st.SearchStrategy[dict[str, Any]]:
+    """One CRS-course fact without time or id. `masking_drugs=False` leaves out every
+    antipyretic, anti-cytokine drug and steroid (medication_admin)."""
+    kinds = [
+        temperature(),
+        temperature(),  # temperatures are the most frequent reading
+        sbp(),
+        oxygen_support(),
+        vasopressor(),
+        FLUID_BOLUS,
+        anc(),
+        CRS_RESOLVED,
+        TOCILIZUMAB_ORDER,
+    ]
+    if masking_drugs:
+        kinds.append(medication_admin())
+    return st.one_of(kinds)
+
+
+def patient_fact(weight_kg: float) -> dict[str, Any]:
+    return {"id": "pt", "type": "patient", "time": "2025-05-05", "weight_kg": weight_kg}
+
+
+@st.composite
+def crs_course(
+    draw: st.DrawFn, *, min_size: int = 1, max_size: int = 25, masking_drugs: bool = True
+) -> list[dict[str, Any]]:
+    """A CRS patient: weight, the infusion at ANCHOR, then `min_size`-`max_size` CRS facts
+    at times on a 30-minute grid within 10 days of the infusion, each with a unique id."""
+    weight = draw(st.one_of(st.integers(20, 150), tenths(200, 1500)))
+    facts = [patient_fact(weight), dict(INFUSION)]
+    events = draw(
+        st.lists(crs_fact(masking_drugs=masking_drugs), min_size=min_size, max_size=max_size)
+    )
+    # Times cluster: a few distinct steps, reused, so that ties in time are common.
+    steps = draw(st.lists(st.integers(0, GRID_STEPS), min_size=1, max_size=8))
+    for i, event in enumerate(events):
+        step = draw(st.sampled_from(steps) | st.integers(0, GRID_STEPS))
+        facts.append({"id": f"c{i:02d}", "time": at(step), **event})
+    return facts
+
+
+def max_time(facts: list[dict[str, Any]]) -> str:
+    """The latest time among grid facts (ISO strings in one format sort by time)."""
+    return max(f["time"] for f in facts if re.fullmatch(r"\d{4}-\d\d-\d\dT.*Z", f["time"]))
+
+
+# ---------------------------------------------------------------------------- any valid fact
+
+JSON_SCALARS: st.SearchStrategy[Any] = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+)
+JSON_VALUES: st.SearchStrategy[Any] = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+LOINC = re.compile(r"[0-9]{1,7}-[0-9]")
+SOME_TEXT = st.one_of(
+    st.sampled_from(("x", "crs", "tocilizumab", "hypotension", "R-CHOP", "note")),
+    st.text(min_size=1, max_size=30),
+)
+
+
+@st.composite
+def iso_time(draw: st.DrawFn) -> str:
+    """A time the schema's pattern accepts: mostly near the infusion, sometimes any year
+    (which the normaliser may still refuse, e.g. year 0000 or month 13)."""
+    if draw(st.integers(0, 9)) > 0:
+        moment = ANCHOR + timedelta(minutes=draw(st.integers(-60 * 24 * 60, 60 * 24 * 400)))
+        form = draw(st.integers(0, 4))
+        if form == 0:
+            return moment.strftime("%Y-%m-%d")
+        if form == 1:
+            return moment.strftime("%Y-%m-%dT%H:%M")
+        if form == 2:
+            return moment.strftime("%Y-%m-%dT%H:%M:%S")
+        if form == 3:
+            return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "+02:00"
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    year = draw(st.integers(0, 9999))
+    month, day = draw(st.integers(0, 13)), draw(st.integers(0, 32))
+    text = f"{year:04d}-{month:02d}-{day:02d}"
+    if draw(st.booleans()):
+        hh, mm, ss = draw(st.integers(0, 99)), draw(st.integers(0, 99)), draw(st.integers(0, 99))
+        zone = draw(st.sampled_from(("", "Z", "+14:00", "-12:00", "+0530", "-23:59", "+00")))
+        text += f"T{hh:02d}:{mm:02d}:{ss:02d}{zone}"
+    return text
+
+
+def _number(spec: dict[str, Any], integer: bool) -> st.SearchStrategy[Any]:
+    low = spec.get("minimum", spec.get("exclusiveMinimum"))
+    high = spec.get("maximum")
+    if integer:
+        return (
+            st.integers(min_value=low, max_value=high)
+            if low is not None
+            else st.integers(max_value=high)
+        )
+    floats = st.floats(
+        min_value=low,
+        max_value=high,
+        allow_nan=False,
+        allow_infinity=False,
+        exclude_min="exclusiveMinimum" in spec,
+    )
+    ints = st.integers(
+        min_value=None if low is None else (int(low) + 1 if "exclusiveMinimum" in spec else low),
+        max_value=high,
+    )
+    return st.one_of(floats, ints)
+
+
+def from_schema(spec: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """A value for one property schema of the fact schema (the kinds it uses)."""
+    if "$ref" in spec:
+        return from_schema(FACT_SCHEMA["$defs"][spec["$ref"].rsplit("/", 1)[-1]])
+    if "const" in spec:
+        return st.just(spec["const"])
+    if "enum" in spec:
+        return st.sampled_from(spec["enum"])
+    kind = spec.get("type")
+    if isinstance(kind, list):
+        return st.one_of([from_schema({**spec, "type": k}) for k in kind])
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "integer":
+        return _number(spec, integer=True)
+    if kind == "number":
+        return _number(spec, integer=False)
+    if kind == "object":  # serology results: {test: result}
+        values = from_schema(spec["additionalProperties"])
+        return st.dictionaries(SOME_TEXT, values, min_size=spec.get("minProperties", 0), max_size=3)
+    if kind == "string":
+        if spec.get("format") == "date":
+            return st.dates().map(lambda d: d.isoformat())
+        if spec.get("pattern") == "^[0-9]+$":
+            return st.from_regex(r"[0-9]{1,8}", fullmatch=True)
+        if "pattern" in spec:
+            return st.from_regex(spec["pattern"].strip("^$"), fullmatch=True)
+        return SOME_TEXT if spec.get("minLength") else st.text(max_size=30)
+    raise ValueError(f"no strategy for schema {spec!r}")
+
+
+@st.composite
+def _observation_fields(draw: st.DrawFn) -> dict[str, Any]:
+    """Name/code, value and unit: mostly from the vocabulary, sometimes anything the schema
+    allows (an unknown name or code is schema-valid but refused by the normaliser)."""
+    if draw(st.integers(0, 4)) == 0:
+        fields: dict[str, Any] = draw(
+            st.fixed_dictionaries(
+                {"value": st.one_of(st.floats(allow_nan=False, allow_infinity=False), SOME_TEXT)},
+                optional={
+                    "unit": SOME_TEXT,
+                    "code": from_schema({"pattern": LOINC.pattern, "type": "string"}),
+                },
+            )
+        )
+        fields["name"] = draw(SOME_TEXT)
+        return fields
+    name = draw(st.sampled_from(sorted(VOCABULARY)))
+    entry = VOCABULARY[name]
+    fields = {}
+    codes = [c["code"] for c in entry["codes"]]
+    how = draw(st.integers(0, 2)) if codes else 1
+    if how in (0, 2):
+        fields["code"] = draw(st.sampled_from(codes))
+    if how in (1, 2):
+        fields["name"] = draw(st.sampled_from((name, *entry["aliases"])))
+    low, high = entry.get("range") or (None, None)
+    if entry["value_type"] == "string":
+        fields["value"] = draw(SOME_TEXT)
+    elif entry["value_type"] == "integer":
+        fields["value"] = draw(st.integers(low, high))
+    else:
+        fields["value"] = draw(
+            st.floats(low, high, allow_nan=False, allow_infinity=False) | st.integers(low, high)
+        )
+    if entry["units"]:
+        fields["unit"] = draw(st.sampled_from(sorted(entry["units"])))
+    return fields
+
+
+@st.composite
+def any_valid_fact(draw: st.DrawFn, types: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """A fact of any type (or one of `types`) that the fact schema accepts."""
+    fact_type = draw(st.sampled_from(types or sorted(TYPE_DEFS)))
+    definition = TYPE_DEFS[fact_type]
+    props = definition["properties"]
+    fact: dict[str, Any] = {
+        "type": fact_type,
+        draw(st.sampled_from(("time", "t"))): draw(iso_time()),
+    }
+    if draw(st.booleans()):
+        fact["id"] = draw(st.sampled_from(("a", "b", "c")) | SOME_TEXT)
+    if draw(st.integers(0, 3)) == 0:
+        fact["patient"] = draw(st.sampled_from(("p1", "p2")) | SOME_TEXT)
+    envelope = {"id", "type", "time", "t", "patient"}
+    for name, spec in props.items():
+        if name in envelope:
+            continue
+        if name in definition.get("required", ()) or draw(st.booleans()):
+            fact[name] = draw(from_schema(spec))
+    if fact_type == "observation":
+        for key in ("code", "name", "value", "unit"):
+            fact.pop(key, None)
+        fact.update(draw(_observation_fields()))
+    elif fact_type == "ice" and fact.get("performable") is not False:
+        parts = ("orientation", "naming", "commands", "writing", "attention")
+        for part in parts:
+            fact.setdefault(part, draw(from_schema(props[part])))
+        if "total" in fact and draw(st.booleans()):
+            fact["total"] = sum(fact[p] for p in parts)
+    elif fact_type == "serology":
+        if draw(st.booleans()):
+            fact.setdefault("test", draw(SOME_TEXT))
+            fact.setdefault("result", draw(from_schema(props["result"])))
+        else:
+            fact.pop("test", None)
+            fact.pop("result", None)
+            fact.setdefault("results", draw(from_schema(props["results"])))
+    elif fact_type == "oxygen_support" and fact["device"] != "none":
+        fact.setdefault("indication", draw(from_schema(props["indication"])))
+    for alternatives in definition.get("anyOf", ()):  # pet, daily_visit: at least one field
+        if fact_type != "serology" and all(k not in fact for k in alternatives["required"]):
+            key = alternatives["required"][0]
+            fact[key] = draw(from_schema(props[key]))
+    return fact
+
+
+def is_schema_valid(fact: object) -> bool:
+    return FACT_VALIDATOR.is_valid(fact)
+
+
+# ---------------------------------------------------------------------------- any JSON
+
+
+@st.composite
+def broken_fact(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid fact with one thing wrong: a field dropped, retyped or added, or a bad type."""
+    fact = draw(any_valid_fact())
+    how = draw(st.integers(0, 3))
+    if how == 0:
+        fact.pop(draw(st.sampled_from(sorted(fact))))
+    elif how == 1:
+        fact[draw(st.sampled_from(sorted(fact)))] = draw(JSON_VALUES)
+    elif how == 2:
+        fact[draw(st.text(min_size=1, max_size=10))] = draw(JSON_VALUES)
+    else:
+        fact["type"] = draw(st.sampled_from(("Patient", "observations", "vitals", "")) | st.text())
+    return fact
+
+
+def any_json_fact() -> st.SearchStrategy[dict[str, Any]]:
+    """An arbitrary JSON object: random keys and values, or a valid fact with one thing broken."""
+    random_object = st.dictionaries(
+        st.sampled_from(("type", "time", "t", "id", "name", "value", "unit", "drug"))
+        | st.text(max_size=10),
+        JSON_VALUES,
+        max_size=6,
+    )
+    return st.one_of(random_object, broken_fact())
+
+
+def any_json_value() -> st.SearchStrategy[Any]:
+    """Any JSON value at all (a host may send a list of anything)."""
+    return st.one_of(JSON_VALUES, any_json_fact())
