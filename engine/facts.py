@@ -550,6 +550,12 @@ def _plain_data(fact: Mapping[str, object], fact_type: str) -> dict[str, object]
     for name, spec in _type_defs()[fact_type]["properties"].items():
         if "default" in spec and name not in data:
             data[name] = copy.deepcopy(spec["default"])
+        if spec.get("format") in ("date", "date-time") and isinstance(data.get(name), str):
+            # dates compare as epoch seconds, never as strings
+            try:
+                data[f"{name}_t"] = parse_time(str(data[name]))[1]
+            except ValueError as exc:
+                raise _Refused(f"{fact_type}: {name} {data[name]!r} is not a date ({exc})") from exc
     return data
 
 

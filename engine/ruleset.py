@@ -114,6 +114,9 @@ class FindingDecl:
     combine_field: str | None
     file: str
     line: int
+    collect: Mapping[str, tuple[str, str]] = field(
+        default_factory=dict
+    )  # out field -> (finding, field)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ durable-rules matches and joins; everything else is here:
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import json
 import math
@@ -658,6 +659,15 @@ class Session:
                     out[name] = sorted(items, key=lambda v: (v["since"], v["id"]))
             elif name in self._aggregates:
                 out[name] = self._finding_value(self._live[self._aggregates[name][1]])
+        for name, decl in self.compiled.ruleset.findings.items():
+            value = out.get(name)
+            if decl.collect and isinstance(value, dict):
+                for field_, (source, source_field) in decl.collect.items():
+                    items = out.get(source, [])
+                    found = [
+                        i.get(source_field) for i in (items if isinstance(items, list) else [items])
+                    ]
+                    value[field_] = _unique_sorted(v for v in found if v is not None)
         return out
 
     def _finding_value(self, live: _Live) -> dict[str, Any]:
@@ -724,6 +734,11 @@ class Session:
         return dict(self._superseded)
 
 
+def _unique_sorted(values: Iterable[Any]) -> list[Any]:
+    seen = {_canonical(v): v for v in values}
+    return [seen[k] for k in sorted(seen)]
+
+
 def _details(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _json_number(v) for k, v in sorted(values.items())}
 
@@ -762,6 +777,15 @@ def _best(
     return min(cands.items(), key=rank)[0]
 
 
+def _add_months(t: float, months: int) -> float:
+    """Calendar months: the same day of the month, clamped to the month's last day."""
+    stamp = datetime.fromtimestamp(t, tz=UTC)
+    index = stamp.month - 1 + months
+    year, month = stamp.year + index // 12, index % 12 + 1
+    last = calendar.monthrange(year, month)[1]
+    return stamp.replace(year=year, month=month, day=min(stamp.day, last)).timestamp()
+
+
 def _apply(op: str, values: list[Any]) -> Any:
     if op == "add":
         return sum(values)
@@ -780,6 +804,14 @@ def _apply(op: str, values: list[Any]) -> Any:
         return max(values)
     if op == "round":
         return round(values[0], int(values[1]))
+    if op == "add_days":
+        return float(values[0]) + float(values[1]) * 86400.0
+    if op == "add_months":
+        return _add_months(float(values[0]), int(values[1]))
+    if op == "iso_time":
+        return iso(float(values[0]))
+    if op == "date":
+        return iso(float(values[0]))[:10]
     if op == "hours_between":
         return (float(values[1]) - float(values[0])) / 3600.0
     if op == "days_between":

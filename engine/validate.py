@@ -102,6 +102,7 @@ class _Context:
     findings: dict[str, FindingDecl] = field(default_factory=dict)
     concluded: dict[str, set[str]] = field(default_factory=dict)  # finding -> fields set
     combine_places: dict[str, tuple[YamlDoc, str]] = field(default_factory=dict)
+    collect_places: dict[str, tuple[YamlDoc, str]] = field(default_factory=dict)
 
     def problem(self, doc: YamlDoc, pointer: str, message: str, *, key: bool = False) -> None:
         line, col = doc.locate_key(pointer) if key else doc.locate(pointer)
@@ -347,6 +348,14 @@ def _collect_findings(ctx: _Context, doc: YamlDoc) -> None:
             ctx.combine_places[name] = (doc, f"{pointer}/combine/{how}")
         else:
             how, fld = "all", None
+        collect = raw.get("collect")
+        collected = {
+            str(k): (str(v.get("finding")), str(v.get("field")))
+            for k, v in (collect.items() if isinstance(collect, dict) else [])
+            if isinstance(v, dict)
+        }
+        if collected:
+            ctx.collect_places[name] = (doc, f"{pointer}/collect")
         ctx.findings[name] = FindingDecl(
             name,
             str(raw.get("description", "")),
@@ -354,6 +363,7 @@ def _collect_findings(ctx: _Context, doc: YamlDoc) -> None:
             fld,
             doc.filename,
             doc.locate_key(pointer)[0],
+            collected,
         )
 
 
@@ -381,6 +391,21 @@ def _collect_conclusions(ctx: _Context, doc: YamlDoc, *, check: bool) -> None:
 
 def _check_findings_used(ctx: _Context, docs: list[YamlDoc]) -> None:
     for name, decl in ctx.findings.items():
+        for out, (source, fld) in decl.collect.items():
+            doc, pointer = ctx.collect_places[name]
+            if source not in ctx.findings:
+                ctx.problem(
+                    doc,
+                    f"{pointer}/{out}/finding",
+                    f"unknown finding {source!r}{suggest(source, ctx.findings)}",
+                )
+            elif fld not in ctx.concluded.get(source, set()):
+                ctx.problem(
+                    doc,
+                    f"{pointer}/{out}/field",
+                    f"no rule sets field {fld!r} of finding {source!r}"
+                    f"{suggest(fld, ctx.concluded.get(source, set()))}",
+                )
         if decl.combine_field is not None and decl.combine_field not in ctx.concluded.get(
             name, set()
         ):

@@ -106,9 +106,16 @@ def build_vocabulary(schema: dict[str, object], observations: object) -> Vocabul
             continue
         props = definition["properties"]
         assert isinstance(props, dict)
-        fields = frozenset(k for k in props if k not in _NOT_FIELDS)
-        enums = {k: e for k in fields if (e := _enum_of(schema, props[k])) is not None}
-        json_types = {k: t for k in fields if (t := _types_of(schema, props[k]))}
+        dated = {
+            f"{k}_t"
+            for k, v in props.items()
+            if isinstance(v, dict) and v.get("format") in ("date", "date-time")
+        }
+        sent = frozenset(k for k in props if k not in _NOT_FIELDS)
+        enums = {k: e for k in sent if (e := _enum_of(schema, props[k])) is not None}
+        json_types = {k: t for k in sent if (t := _types_of(schema, props[k]))}
+        json_types.update({k: ("number",) for k in dated})
+        fields = sent | dated
         types[name] = FactType(name, fields, enums, json_types, _state_key(definition))
     return Vocabulary(types, frozenset(_observation_names(observations)))
 
