@@ -114,9 +114,8 @@ class FindingDecl:
     combine_field: str | None
     file: str
     line: int
-    collect: Mapping[str, tuple[str, str]] = field(
-        default_factory=dict
-    )  # out field -> (finding, field)
+    # output field -> (finding, field, key field or None): lists, or objects keyed by `key`
+    collect: Mapping[str, tuple[str, str, str | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -524,6 +524,8 @@ class Session:
         if "policy" in expr:
             return self._policy[expr["policy"]]
         ((op, args),) = expr.items()
+        if op == "object":
+            return {k: self._expr(v, firing) for k, v in args.items()}
         values = [self._expr(a, firing) for a in args]
         if any(v is None for v in values):
             return None  # unknown stays unknown
@@ -662,12 +664,18 @@ class Session:
         for name, decl in self.compiled.ruleset.findings.items():
             value = out.get(name)
             if decl.collect and isinstance(value, dict):
-                for field_, (source, source_field) in decl.collect.items():
+                for field_, (source, source_field, key) in decl.collect.items():
                     items = out.get(source, [])
-                    found = [
-                        i.get(source_field) for i in (items if isinstance(items, list) else [items])
-                    ]
-                    value[field_] = _unique_sorted(v for v in found if v is not None)
+                    instances = items if isinstance(items, list) else [items]
+                    if key is None:
+                        found = (i.get(source_field) for i in instances)
+                        value[field_] = _unique_sorted(v for v in found if v is not None)
+                    else:
+                        value[field_] = {
+                            str(i[key]): i.get(source_field)
+                            for i in sorted(instances, key=_canonical)
+                            if i.get(key) is not None
+                        }
         return out
 
     def _finding_value(self, live: _Live) -> dict[str, Any]:

@@ -350,7 +350,11 @@ def _collect_findings(ctx: _Context, doc: YamlDoc) -> None:
             how, fld = "all", None
         collect = raw.get("collect")
         collected = {
-            str(k): (str(v.get("finding")), str(v.get("field")))
+            str(k): (
+                str(v.get("finding")),
+                str(v.get("field")),
+                str(v["key"]) if v.get("key") else None,
+            )
             for k, v in (collect.items() if isinstance(collect, dict) else [])
             if isinstance(v, dict)
         }
@@ -391,7 +395,7 @@ def _collect_conclusions(ctx: _Context, doc: YamlDoc, *, check: bool) -> None:
 
 def _check_findings_used(ctx: _Context, docs: list[YamlDoc]) -> None:
     for name, decl in ctx.findings.items():
-        for out, (source, fld) in decl.collect.items():
+        for out, (source, fld, key) in decl.collect.items():
             doc, pointer = ctx.collect_places[name]
             if source not in ctx.findings:
                 ctx.problem(
@@ -399,13 +403,15 @@ def _check_findings_used(ctx: _Context, docs: list[YamlDoc]) -> None:
                     f"{pointer}/{out}/finding",
                     f"unknown finding {source!r}{suggest(source, ctx.findings)}",
                 )
-            elif fld not in ctx.concluded.get(source, set()):
-                ctx.problem(
-                    doc,
-                    f"{pointer}/{out}/field",
-                    f"no rule sets field {fld!r} of finding {source!r}"
-                    f"{suggest(fld, ctx.concluded.get(source, set()))}",
-                )
+                continue
+            for what, wanted in (("field", fld), ("key", key)):
+                if wanted is not None and wanted not in ctx.concluded.get(source, set()):
+                    ctx.problem(
+                        doc,
+                        f"{pointer}/{out}/{what}",
+                        f"no rule sets field {wanted!r} of finding {source!r}"
+                        f"{suggest(wanted, ctx.concluded.get(source, set()))}",
+                    )
         if decl.combine_field is not None and decl.combine_field not in ctx.concluded.get(
             name, set()
         ):
@@ -858,5 +864,6 @@ class _RuleBuilder:
                 self.parameter(expr["policy"], f"{pointer}/policy")
             else:
                 ((op, args),) = expr.items()
-                for i, arg in enumerate(args):
+                items = args.items() if isinstance(args, dict) else enumerate(args)
+                for i, arg in items:
                     self.check_expr(arg, f"{pointer}/{op}/{i}", branches)
