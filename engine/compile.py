@@ -63,6 +63,10 @@ class CompiledBranch:
     positives: tuple[str, ...]  # aliases of the positive patterns (the match key)
     main: str  # for a blocker: the name of the rule it blocks; else its own name
     negations: int  # for a main rule: how many blocker rules it has
+    # (alias, field) of every numeric comparison: durable-rules compares a text such as
+    # 'NOT_GRADED' with a number as true, so the runtime drops firings where these fields
+    # do not hold numbers
+    numeric: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,7 @@ def compile_ruleset(ruleset: RuleSet) -> CompiledRuleset:
                 tuple(p.alias for p in positives),
                 name,
                 len(negated),
+                _numeric_fields(positives),
             )
             for k, neg in enumerate(negated):
                 bname = f"{name}!{k}"
@@ -134,6 +139,7 @@ def compile_ruleset(ruleset: RuleSet) -> CompiledRuleset:
                     tuple(p.alias for p in positives),
                     name,
                     0,
+                    _numeric_fields([*positives, neg]),
                 )
     problems.extend(_capacity_problems(rules, table))
     if problems:
@@ -147,6 +153,21 @@ def compile_ruleset(ruleset: RuleSet) -> CompiledRuleset:
     return CompiledRuleset(
         ruleset, name, rules, table, {k: frozenset(v) for k, v in views.items()}, uses_clock, tol
     )
+
+
+def _numeric_fields(patterns: list[Pattern]) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for p in patterns:
+        for t in p.tests:
+            if t.field == "t" or t.op in ("in", "not_in", "exists"):
+                continue
+            numeric_const = isinstance(t.operand, Const) and _is_number(t.operand.value)
+            arithmetic = isinstance(t.operand, Ref) and (
+                t.operand.add != 0.0 or t.operand.mul != 1.0
+            )
+            if numeric_const or arithmetic:
+                out.append((p.alias, t.field))
+    return tuple(dict.fromkeys(out))
 
 
 def _patterns(patterns: list[Pattern], tol: float) -> tuple[list[dict[str, Any]], tuple[str, ...]]:

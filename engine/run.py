@@ -343,6 +343,9 @@ class Session:
         if key in self._firings:
             return
         bindings = {a: self._live[i].content for a, i in zip(branch.aliases, ids, strict=True)}
+        for alias, path in branch.numeric:
+            if not _is_number(_get(bindings[alias], path)):
+                return  # durable-rules compared a non-number with a number: not a match
         times = [
             float(self._live[i].content["t"])
             for a, i in zip(branch.aliases, ids, strict=True)
@@ -740,6 +743,17 @@ class Session:
 
     def superseded(self) -> Mapping[str, str]:
         return dict(self._superseded)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _get(content: Mapping[str, Any], path: str) -> Any:
+    node: Any = content
+    for part in path.split("."):
+        node = node.get(ID_FIELD if part == "id" else part) if isinstance(node, dict) else None
+    return node
 
 
 def _unique_sorted(values: Iterable[Any]) -> list[Any]:
