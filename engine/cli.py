@@ -155,6 +155,52 @@ def evaluate(
     click.echo(to_json(result) if fmt == "json" else evaluation_text(result, trace=not no_trace))
 
 
+@cli.group()
+def scenario() -> None:
+    """Worked patient scenarios with expected outputs (docs/scenarios.md)."""
+
+
+@scenario.command("run")
+@click.argument("path", type=click.Path(exists=True))
+@RULES_OPTION
+@POLICY_OPTION
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--verbose", "-v", is_flag=True, help="List passing checks too.")
+@click.option("--only", "only", multiple=True, metavar="ID", help="Run only these scenario ids.")
+def scenario_run(
+    path: str,
+    rules: str | None,
+    policy: tuple[str, ...],
+    fmt: str,
+    verbose: bool,
+    only: tuple[str, ...],
+) -> None:
+    """Evaluate every scenario of PATH (a file or a directory of *.yaml) and compare each
+    expected value with what came out; exit 1 on any mismatch."""
+    from functools import cache
+
+    from engine.scenarios import load_scenarios, report_text, run_scenario
+
+    base = _parse_policy(policy)
+    _load(rules, policy)  # report rule problems once, before any scenario runs
+
+    @cache
+    def engine_for(key: tuple[tuple[str, Any], ...]) -> Engine:
+        return load_rules(rules, policy=dict(key))
+
+    def factory(overrides: Any) -> Engine:
+        return engine_for(tuple(sorted({**base, **overrides}.items())))
+
+    scenarios = [s for s in load_scenarios(path) if not only or s.id in only]
+    results = [run_scenario(s, factory) for s in scenarios]
+    if fmt == "json":
+        click.echo(to_json([r.as_dict() for r in results]))
+    else:
+        click.echo(report_text(results, verbose=verbose))
+    if not results or not all(r.ok for r in results):
+        raise SystemExit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit code instead of exiting (for tests and embedding)."""
     try:

@@ -107,6 +107,17 @@ class Parameter:
 
 
 @dataclass(frozen=True)
+class Collect:
+    """An output-only field gathered from other findings (see the rule schema's `collect`)."""
+
+    source_field: str  # the field read from the source findings
+    finding: str | None = None  # the one source finding (list, keyed or one)
+    key: str | None = None  # keyed: object of key -> field
+    one: bool = False  # the single value
+    named: Mapping[str, str] = field(default_factory=dict)  # label -> finding
+
+
+@dataclass(frozen=True)
 class FindingDecl:
     name: str
     description: str
@@ -114,8 +125,7 @@ class FindingDecl:
     combine_field: str | None
     file: str
     line: int
-    # output field -> (finding, field, key field or None): lists, or objects keyed by `key`
-    collect: Mapping[str, tuple[str, str, str | None]] = field(default_factory=dict)
+    collect: Mapping[str, Collect] = field(default_factory=dict)  # output field -> how
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import itertools
 import json
 import math
 from collections import deque
@@ -42,7 +43,7 @@ from engine.compile import (
 )
 from engine.errors import EvaluationError
 from engine.facts import Fact, Rejection, normalise, parse_time, supersession_key
-from engine.ruleset import Conclusion, Rule
+from engine.ruleset import Collect, Conclusion, Rule
 
 MAX_FIRINGS_PER_STEP = 100_000  # a runaway chain is stopped, not left to spin
 
@@ -667,18 +668,10 @@ class Session:
         for name, decl in self.compiled.ruleset.findings.items():
             value = out.get(name)
             if decl.collect and isinstance(value, dict):
-                for field_, (source, source_field, key) in decl.collect.items():
-                    items = out.get(source, [])
-                    instances = items if isinstance(items, list) else [items]
-                    if key is None:
-                        found = (i.get(source_field) for i in instances)
-                        value[field_] = _unique_sorted(v for v in found if v is not None)
-                    else:
-                        value[field_] = {
-                            str(i[key]): i.get(source_field)
-                            for i in sorted(instances, key=_canonical)
-                            if i.get(key) is not None
-                        }
+                for field_, spec in decl.collect.items():
+                    collected = _collect(out, spec)
+                    if collected is not None:
+                        value[field_] = collected
         return out
 
     def _finding_value(self, live: _Live) -> dict[str, Any]:
@@ -745,6 +738,33 @@ class Session:
         return dict(self._superseded)
 
 
+def _instances(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _collect(findings: Mapping[str, Any], spec: Collect) -> Any:
+    if spec.named:
+        named = {}
+        for label, source in spec.named.items():
+            values = [i.get(spec.source_field) for i in _instances(findings.get(source))]
+            if values:
+                named[label] = values[0]
+        return named
+    instances = sorted(_instances(findings.get(spec.finding or "")), key=_canonical)
+    if spec.key is not None:
+        return {
+            str(i[spec.key]): i.get(spec.source_field)
+            for i in instances
+            if i.get(spec.key) is not None
+        }
+    values = _unique_sorted(v for i in instances if (v := i.get(spec.source_field)) is not None)
+    if spec.one:
+        return values[0] if values else None
+    return values
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -808,6 +828,16 @@ def _add_months(t: float, months: int) -> float:
     return stamp.replace(year=year, month=month, day=min(stamp.day, last)).timestamp()
 
 
+_COMPARE: dict[str, Any] = {
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+}
+
+
 def _apply(op: str, values: list[Any]) -> Any:
     if op == "add":
         return sum(values)
@@ -826,6 +856,8 @@ def _apply(op: str, values: list[Any]) -> Any:
         return max(values)
     if op == "round":
         return round(values[0], int(values[1]))
+    if op in _COMPARE:
+        return all(_COMPARE[op](a, b) for a, b in itertools.pairwise(values))
     if op == "add_days":
         return float(values[0]) + float(values[1]) * 86400.0
     if op == "add_months":

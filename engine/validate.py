@@ -26,6 +26,7 @@ from engine._yaml import YamlDoc, load_yaml_file
 from engine.errors import Problem, RuleSetError
 from engine.ruleset import (
     Action,
+    Collect,
     Conclusion,
     Const,
     FindingDecl,
@@ -350,10 +351,12 @@ def _collect_findings(ctx: _Context, doc: YamlDoc) -> None:
             how, fld = "all", None
         collect = raw.get("collect")
         collected = {
-            str(k): (
-                str(v.get("finding")),
-                str(v.get("field")),
-                str(v["key"]) if v.get("key") else None,
+            str(k): Collect(
+                source_field=str(v.get("field")),
+                finding=str(v["finding"]) if v.get("finding") else None,
+                key=str(v["key"]) if v.get("key") else None,
+                one=bool(v.get("one", False)),
+                named={str(a): str(b) for a, b in (v.get("from") or {}).items()},
             )
             for k, v in (collect.items() if isinstance(collect, dict) else [])
             if isinstance(v, dict)
@@ -395,23 +398,27 @@ def _collect_conclusions(ctx: _Context, doc: YamlDoc, *, check: bool) -> None:
 
 def _check_findings_used(ctx: _Context, docs: list[YamlDoc]) -> None:
     for name, decl in ctx.findings.items():
-        for out, (source, fld, key) in decl.collect.items():
+        for out, spec in decl.collect.items():
             doc, pointer = ctx.collect_places[name]
-            if source not in ctx.findings:
-                ctx.problem(
-                    doc,
-                    f"{pointer}/{out}/finding",
-                    f"unknown finding {source!r}{suggest(source, ctx.findings)}",
-                )
-                continue
-            for what, wanted in (("field", fld), ("key", key)):
-                if wanted is not None and wanted not in ctx.concluded.get(source, set()):
+            sources = (
+                {spec.finding: f"{pointer}/{out}/finding"}
+                if spec.finding
+                else {src: f"{pointer}/{out}/from/{label}" for label, src in spec.named.items()}
+            )
+            for source, at in sources.items():
+                if source not in ctx.findings:
                     ctx.problem(
-                        doc,
-                        f"{pointer}/{out}/{what}",
-                        f"no rule sets field {wanted!r} of finding {source!r}"
-                        f"{suggest(wanted, ctx.concluded.get(source, set()))}",
+                        doc, at, f"unknown finding {source!r}{suggest(source, ctx.findings)}"
                     )
+                    continue
+                for what, wanted in (("field", spec.source_field), ("key", spec.key)):
+                    if wanted is not None and wanted not in ctx.concluded.get(source, set()):
+                        ctx.problem(
+                            doc,
+                            f"{pointer}/{out}/{what}",
+                            f"no rule sets field {wanted!r} of finding {source!r}"
+                            f"{suggest(wanted, ctx.concluded.get(source, set()))}",
+                        )
         if decl.combine_field is not None and decl.combine_field not in ctx.concluded.get(
             name, set()
         ):

@@ -251,6 +251,44 @@ def crs_course(
     return facts
 
 
+@st.composite
+def crs_course_made_worse(
+    draw: st.DrawFn,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """(course, the same course made worse, how): one SBP replaced by a lower value or one
+    oxygen support by an at least as intensive one (same id and time), or a started
+    vasopressor added."""
+    facts = draw(crs_course())
+    sbps = [i for i, f in enumerate(facts) if f.get("unit") == "mm[Hg]"]
+    oxygen = [i for i, f in enumerate(facts) if f["type"] == "oxygen_support"]
+    how = draw(st.sampled_from(["vasopressor"] + ["sbp"] * bool(sbps) + ["oxygen"] * bool(oxygen)))
+    worse = [dict(f) for f in facts]
+    if how == "sbp":
+        i = draw(st.sampled_from(sbps))
+        worse[i]["value"] = draw(st.integers(60, worse[i]["value"]))
+    elif how == "oxygen":
+        i = draw(st.sampled_from(oxygen))
+        floor = oxygen_intensity(worse[i])
+        more = draw(oxygen_support().filter(lambda f: oxygen_intensity(f) >= floor))
+        worse[i] = {"id": worse[i]["id"], "time": worse[i]["time"], **more}
+    else:
+        step = draw(st.integers(0, GRID_STEPS))
+        worse.append({"id": "worse", "time": at(step), **draw(vasopressor("started"))})
+    return facts, worse, how
+
+
+@st.composite
+def fever_then_afebrile(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A course without antipyretics, anti-cytokine drugs or steroids, then a fever later
+    than every other fact, then an afebrile temperature 30 min to 30 h after the fever."""
+    facts = draw(crs_course(masking_drugs=False))
+    fever_step = step_of(max_time(facts)) + draw(st.integers(1, 4))
+    afebrile_step = fever_step + draw(st.integers(1, 60))
+    fever = {"id": "fever", "time": at(fever_step), **draw(temperature(febrile=True))}
+    afebrile = {"id": "afebrile", "time": at(afebrile_step), **draw(temperature(febrile=False))}
+    return [*facts, fever, afebrile]
+
+
 def max_time(facts: list[dict[str, Any]]) -> str:
     """The latest time among grid facts (ISO strings in one format sort by time)."""
     return max(f["time"] for f in facts if re.fullmatch(r"\d{4}-\d\d-\d\dT.*Z", f["time"]))
