@@ -63,13 +63,21 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
     out = []
     for v in doc.get("vignettes", []):
         anchor = str(v["anchor_date"]) if v.get("anchor_date") is not None else None
+        facts = [_fact(f, anchor) for f in v.get("facts", [])]
+        if v.get("product"):
+            # a vignette-level product is the product requested, known from the first fact
+            first = min((str(f["time"]) for f in facts if "time" in f), default=None,
+                        key=_time_of_text)
+            if first is not None:
+                facts.append({"id": f"{v['id']}-product", "type": "product_request",
+                              "time": first, "product": str(v["product"])})
         out.append(
             Scenario(
                 id=str(v["id"]),
                 title=str(v.get("title", "")),
                 anchor_date=anchor,
                 evaluated_at=str(v["evaluated_at"]) if v.get("evaluated_at") else None,
-                facts=[_fact(f, anchor) for f in v.get("facts", [])],
+                facts=facts,
                 expected=v.get("expected", {}) or {},
                 raw=v,
                 policy=dict(v.get("policy", {}) or {}),
@@ -261,6 +269,10 @@ def _time_of(fact: Mapping[str, Any]) -> float:
         return parse_time(str(fact.get("time")))[1]
     except ValueError:
         return -math.inf  # invalid: let the engine reject it with its reason
+
+
+def _time_of_text(text: str) -> float:
+    return _time_of({"time": text})
 
 
 def _is_note(key: str) -> bool:

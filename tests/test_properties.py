@@ -234,8 +234,8 @@ def open_recommending_firings(trace: list[dict[str, Any]]) -> set[tuple[str, tup
     `resupported` record continues a firing under new matched facts)."""
     live: set[tuple[str, tuple[str, ...]]] = set()
     for record in trace:
-        if not record.get("rule", "").startswith("crs."):
-            continue
+        if "branch" not in record or not record["rule"].startswith("crs."):
+            continue  # not a firing record of a CRS rule
         key = (record["branch"], tuple(record["matched"]))
         if record["event"] == "resupported":
             live.discard((record["branch"], tuple(record["previous"])))
