@@ -20,6 +20,8 @@ of the engine knows about it is here:
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -159,6 +161,34 @@ class Matcher:
         if isinstance(result, dict) and result.get("exception"):
             raise EvaluationError(f"durable-rules reported an error: {result['exception']}")
 
+
+class _DurableJson:
+    """The `json` durable-rules' Python layer serialises facts with.
+
+    durable-rules' C parser refuses a number written with an exponent and no fraction
+    (`1e-05`, `1e+16`: "error code: 204"), which is how Python writes very small and very
+    large floats. This writes them as `1.0e-05`. Strings are left untouched.
+    """
+
+    _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?)([eE][+-]?\d+)')
+
+    def __init__(self) -> None:
+        self.loads = json.loads
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        text = json.dumps(obj, **kwargs)
+        if "e" not in text and "E" not in text:
+            return text
+        return self._TOKEN.sub(self._fix, text)
+
+    @staticmethod
+    def _fix(m: re.Match[str]) -> str:
+        if m.group(1) is None or "." in m.group(1):
+            return m.group(0)
+        return f"{m.group(1)}.0{m.group(2)}"
+
+
+durable_engine.json = _DurableJson()  # type: ignore[attr-defined]
 
 _MATCHER: Matcher | None = None
 _MATCHER_LOCK = threading.Lock()

@@ -12,7 +12,7 @@ import jsonschema
 
 from engine._resources import engine_version, rules_dir, schemas_dir
 from engine.compile import CompiledRuleset, compile_ruleset
-from engine.facts import Fact, Rejection, normalise_all
+from engine.facts import Fact, Rejection, normalise
 from engine.ruleset import RuleSet, Scalar
 from engine.run import Session, iso
 from engine.validate import digest_of, read_rule_files, validate_documents
@@ -60,12 +60,12 @@ class Engine:
         self, facts: Iterable[object], *, as_of: str | None = None, patient: str | None = None
     ) -> dict[str, Any]:
         """Evaluate one patient's facts as of `as_of` (default: the latest fact time)."""
-        accepted, rejected = normalise_all(facts)
+        accepted, rejected = _normalise_indexed(facts)
         with self.session(as_of=as_of, patient=patient) as session:
             for r in rejected:
                 session.add(r)
-            for fact in sorted(accepted, key=lambda f: (f.t, f.id)):
-                session.add(fact)
+            for index, fact in sorted(accepted, key=lambda item: (item[1].t, item[1].id)):
+                session.add(fact, index)
             return self.evaluation(session)
 
     def timeline(
@@ -73,18 +73,18 @@ class Engine:
     ) -> list[dict[str, Any]]:
         """The evaluation after each distinct fact time, in time order; each entry's `trace`
         holds only what happened at that step."""
-        accepted, rejected = normalise_all(facts)
+        accepted, rejected = _normalise_indexed(facts)
         steps: list[dict[str, Any]] = []
         with self.session(patient=patient) as session:
             for r in rejected:
                 session.add(r)
-            groups: dict[float, list[Fact]] = {}
-            for fact in accepted:
-                groups.setdefault(fact.t, []).append(fact)
+            groups: dict[float, list[tuple[int, Fact]]] = {}
+            for index, fact in accepted:
+                groups.setdefault(fact.t, []).append((index, fact))
             for t in sorted(groups):
                 start = len(session.trace)
-                for fact in sorted(groups[t], key=lambda f: f.id):
-                    session.add(fact)
+                for index, fact in sorted(groups[t], key=lambda item: item[1].id):
+                    session.add(fact, index)
                 step = self.evaluation(session, as_of=iso(t))
                 step["trace"] = step["trace"][start:]
                 steps.append(step)
@@ -109,6 +109,20 @@ class Engine:
             "trace": list(session.trace),
             "rejected": session.rejected(),
         }
+
+
+def _normalise_indexed(raws: Iterable[object]) -> tuple[list[tuple[int, Fact]], list[Rejection]]:
+    """Normalise each input, keeping its position so a later refusal names the right one.
+    Duplicates are left to the session, which refuses them with their index."""
+    accepted: list[tuple[int, Fact]] = []
+    rejected: list[Rejection] = []
+    for index, raw in enumerate(raws):
+        fact = normalise(raw, index)
+        if isinstance(fact, Rejection):
+            rejected.append(fact)
+        else:
+            accepted.append((index, fact))
+    return accepted, rejected
 
 
 @cache

@@ -691,10 +691,13 @@ class Session:
         }
 
     def recommendations(self) -> list[dict[str, Any]]:
-        grouped: dict[tuple[str, str], dict[str, Any]] = {}
+        """Live recommendations, one per (code, rule, details): firings of the same rule that
+        recommend the same thing are merged, their supporting facts united."""
+        grouped: dict[tuple[str, str, str], dict[str, Any]] = {}
         for rec in self._recs.values():
             rule: Rule = self._firings[rec.firing].branch.rule
-            gkey = (rec.conclusion.name, rule.id)
+            details = _details(rec.details)
+            gkey = (rec.conclusion.name, rule.id, _canonical(details))
             entry = grouped.get(gkey)
             because = self.because(rec.firing)
             if entry is None:
@@ -707,14 +710,12 @@ class Session:
                     "sources": list(rule.sources),
                     "evidence": rule.evidence,
                     "because": set(because),
-                    "details": _details(rec.details),
+                    "details": details,
                     "since": rec.time,
                 }
             else:
                 entry["because"] |= because
-                if rec.time < entry["since"]:
-                    entry["since"] = rec.time
-                    entry["details"] = _details(rec.details)
+                entry["since"] = min(entry["since"], rec.time)
         rank = {"critical": 0, "warning": 1, "info": 2}
         out = []
         for entry in grouped.values():
@@ -723,7 +724,15 @@ class Session:
             if not entry["details"]:
                 del entry["details"]
             out.append(entry)
-        return sorted(out, key=lambda e: (rank[e["severity"]], e["code"], e["rule"]))
+        return sorted(
+            out,
+            key=lambda e: (
+                rank[e["severity"]],
+                e["code"],
+                e["rule"],
+                _canonical(e.get("details", {})),
+            ),
+        )
 
     def rejected(self) -> list[dict[str, Any]]:
         return [
