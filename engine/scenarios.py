@@ -66,11 +66,18 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
         facts = [_fact(f, anchor) for f in v.get("facts", [])]
         if v.get("product"):
             # a vignette-level product is the product requested, known from the first fact
-            first = min((str(f["time"]) for f in facts if "time" in f), default=None,
-                        key=_time_of_text)
+            first = min(
+                (str(f["time"]) for f in facts if "time" in f), default=None, key=_time_of_text
+            )
             if first is not None:
-                facts.append({"id": f"{v['id']}-product", "type": "product_request",
-                              "time": first, "product": str(v["product"])})
+                facts.append(
+                    {
+                        "id": f"{v['id']}-product",
+                        "type": "product_request",
+                        "time": first,
+                        "product": str(v["product"]),
+                    }
+                )
         out.append(
             Scenario(
                 id=str(v["id"]),
