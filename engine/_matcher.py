@@ -188,7 +188,7 @@ class _DurableJson:
         return f"{m.group(1)}.0{m.group(2)}"
 
 
-durable_engine.json = _DurableJson()  # type: ignore[attr-defined]
+durable_engine.json = _DurableJson()
 
 _MATCHER: Matcher | None = None
 _MATCHER_LOCK = threading.Lock()

@@ -734,6 +734,30 @@ class Session:
             ),
         )
 
+    def live(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every fact and finding the matcher holds now, as (id, content), for explanations."""
+        return [
+            (self._display_id(d), live.content)
+            for d, live in sorted(self._live.items())
+            if live.origin != "clock"
+        ]
+
+    def active(self, rule_id: str) -> list[tuple[str, list[str]]]:
+        """The firings of a rule whose conclusions hold now: (compiled name, matched ids)."""
+        return sorted(
+            (f.branch.name, self._stable_ids(f.key))
+            for f in self._firings.values()
+            if f.active and f.branch.rule.id == rule_id
+        )
+
+    def blocked(self, rule_id: str) -> list[tuple[str, list[str]]]:
+        """Matches of a rule held back by a `not`: (compiled name, matched ids)."""
+        return sorted(
+            (f.branch.name, self._stable_ids(f.key))
+            for f in self._firings.values()
+            if not f.active and f.branch.role == "main" and f.branch.rule.id == rule_id
+        )
+
     def rejected(self) -> list[dict[str, Any]]:
         return [
             {"index": r.index, "id": r.id, "reason": r.reason, "fact": r.fact}
