@@ -38,6 +38,19 @@ MAX_NONCE_RETRIES = 8
 Sink = Callable[[str, dict[str, Any]], None]
 
 
+class _Host(durable_engine.Host):  # type: ignore[misc]
+    """A Host without its two background dispatch threads.
+
+    durable-rules' Host re-arms a timer every 0.2 s that calls `dispatch()` on every rule
+    set outside any lock of ours; it races with our own calls, logs "error code: 307" and
+    loses firings. The engine never uses timers or asynchronous actions: every activation
+    is run synchronously inside the call that caused it, so nothing needs dispatching.
+    """
+
+    def _run(self) -> None:
+        pass
+
+
 def _noop(c: Any) -> None:
     """The sentinel's action: it only has to run once so the session state is initialised."""
 
@@ -64,7 +77,7 @@ class Matcher:
             if compiled.name in self._registered:
                 return
             if self._host is None:
-                self._host = durable_engine.Host()
+                self._host = _Host()
             rules = {
                 name: {
                     **body,

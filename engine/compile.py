@@ -181,12 +181,23 @@ def _patterns(patterns: list[Pattern], tol: float) -> tuple[list[dict[str, Any]]
             exprs.append({FINDING_FIELD: p.name})
         else:
             exprs.append({VIEW_FIELD: VIEW_CODE[p.view]})
+        # durable-rules ignores a join test that follows an `$or` in the same `$and`
+        # (docs/durable-rules.md): constant tests first, then joins, then alternatives
+        consts: list[dict[str, Any]] = []
+        joins: list[dict[str, Any]] = []
+        alternatives: list[dict[str, Any]] = []
         for t in p.tests:
             if isinstance(t.operand, Ref) and t.operand.alias == CLOCK:
                 clock_tests.append(_clock_test(p.alias, t))
+                continue
+            expr = _test(t, tol)
+            if "$or" in expr:
+                alternatives.append(expr)
+            elif isinstance(t.operand, Ref):
+                joins.append(expr)
             else:
-                exprs.append(_test(t, tol))
-        out.append({p.alias: {"$and": exprs}})
+                consts.append(expr)
+        out.append({p.alias: {"$and": [*exprs, *consts, *joins, *alternatives]}})
     aliases = tuple(p.alias for p in patterns)
     if clock_tests:
         out.append({CLOCK: {"$and": [{"type": CLOCK_TYPE}, *clock_tests]}})

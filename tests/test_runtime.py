@@ -295,3 +295,39 @@ def test_closing_sessions_in_which_no_rule_fired_does_not_crash_the_process() ->
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_an_antipyretic_given_before_crs_onset_does_not_waive_the_fever_requirement(
+    cds: engine.Engine,
+) -> None:
+    """A time window after an `in` test must hold: durable-rules drops a join test that
+    follows an `$or`, so the compiler puts alternatives last."""
+    facts = [
+        INFUSION,
+        {
+            "id": "apap",
+            "type": "medication_admin",
+            "time": "2025-05-06T07:00:00Z",
+            "drug": "acetaminophen",
+        },
+        temp("t1", "2025-05-06T08:00:00Z", 38.5),
+        temp("t2", "2025-05-06T12:00:00Z", 36.9),
+        {
+            "id": "bp",
+            "type": "observation",
+            "time": "2025-05-06T12:00:00Z",
+            "code": "8480-6",
+            "value": 82,
+            "unit": "mm[Hg]",
+        },
+    ]
+    result = cds.evaluate(facts)
+    assert "crs_masking" not in result["findings"]
+    assert grade(result) == 0
+
+
+def test_the_matcher_runs_no_background_dispatch_threads(cds: engine.Engine) -> None:
+    """durable-rules' Host dispatches on timer threads that race with the engine's calls."""
+    cds.evaluate([INFUSION])
+    host = _matcher.matcher()._host
+    assert not hasattr(host, "_d_timer") and not hasattr(host, "_t_timer")
