@@ -32,6 +32,7 @@ MAX_ALPHA_PER_FACT = 60  # MAX_STACK_SIZE 64 alpha nodes one fact may satisfy
 MAX_PRIORITY = 1000
 
 CLOCK = "now"
+THIS = "this"
 CLOCK_TYPE = "_clock"
 FINDING_TYPE = "_finding"
 SENTINEL_TYPE = "_init"
@@ -167,6 +168,8 @@ def _numeric_fields(patterns: list[Pattern]) -> tuple[tuple[str, str], ...]:
             )
             if numeric_const or arithmetic:
                 out.append((p.alias, t.field))
+            if arithmetic and isinstance(t.operand, Ref) and t.operand.alias == THIS:
+                out.append((p.alias, t.operand.field))
     return tuple(dict.fromkeys(out))
 
 
@@ -217,7 +220,10 @@ def _clock_test(alias: str, t: Test) -> dict[str, Any]:
 
 
 def _ref_expr(ref: Ref) -> dict[str, Any]:
-    expr: dict[str, Any] = {ref.alias: _field(ref.field)}
+    # `this.f` is another field of the same fact: durable-rules' `$m`
+    expr: dict[str, Any] = (
+        {"$m": _field(ref.field)} if ref.alias == THIS else {ref.alias: _field(ref.field)}
+    )
     if ref.mul != 1.0:
         expr = {"$mul": {"$l": expr, "$r": ref.mul}}
     if ref.add != 0.0:

@@ -114,6 +114,7 @@ class Collect:
     finding: str | None = None  # the one source finding (list, keyed or one)
     key: str | None = None  # keyed: object of key -> field
     one: bool = False  # the single value
+    count: bool = False  # the number of instances
     named: Mapping[str, str] = field(default_factory=dict)  # label -> finding
 
 

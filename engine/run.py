@@ -512,8 +512,10 @@ class Session:
     # -- expressions -------------------------------------------------------------------------
 
     def _expr(self, expr: Any, firing: _Firing) -> Any:
+        if isinstance(expr, list):
+            return [self._expr(item, firing) for item in expr]
         if not isinstance(expr, dict):
-            return list(expr) if isinstance(expr, list) else expr
+            return expr
         if "ref" in expr:
             alias, _, path = str(expr["ref"]).partition(".")
             node: Any = firing.bindings.get(alias)
@@ -786,6 +788,8 @@ def _collect(findings: Mapping[str, Any], spec: Collect) -> Any:
                 named[label] = values[0]
         return named
     instances = sorted(_instances(findings.get(spec.finding or "")), key=_canonical)
+    if spec.count:
+        return len(instances)
     if spec.key is not None:
         return {
             str(i[spec.key]): i.get(spec.source_field)
@@ -891,6 +895,10 @@ def _apply(op: str, values: list[Any]) -> Any:
         return round(values[0], int(values[1]))
     if op in _COMPARE:
         return all(_COMPARE[op](a, b) for a, b in itertools.pairwise(values))
+    if op == "floor":
+        return math.floor(float(values[0]))
+    if op == "ceil":
+        return math.ceil(float(values[0]))
     if op == "add_days":
         return float(values[0]) + float(values[1]) * 86400.0
     if op == "add_months":

@@ -238,7 +238,11 @@ class _Run:
                     yield sub, exp, None, False, "missing"
             return
         if isinstance(expected, list):
-            ok = isinstance(actual, list) and _as_set(expected) == _as_set(actual)
+            ok = isinstance(actual, list) and (
+                _as_set(expected) == _as_set(actual)
+                or _as_set([self.day(e) for e in expected])
+                == _as_set([self.day(a) for a in actual])
+            )
             yield path, expected, actual, ok, "" if ok else "expected exactly these values"
             return
         yield path, expected, actual, self.equal(expected, actual), ""
@@ -257,6 +261,17 @@ class _Run:
                 yield from results
                 return
         yield path, expected, actual, False, "no instance matches"
+
+    def day(self, value: Any) -> Any:
+        """A relative time label or an ISO time as its date (its time when it has one)."""
+        if not isinstance(value, str):
+            return value
+        if _RELATIVE.match(value):
+            resolved = self.sc.at(value)
+            return resolved if "T" in value else resolved[:10]
+        if re.match(r"^\d{4}-\d{2}-\d{2}", value):
+            return value[:10] if "T" not in value or value.endswith("T00:00:00Z") else value
+        return value
 
     def equal(self, expected: Any, actual: Any) -> bool:
         if isinstance(expected, bool) or isinstance(actual, bool):

@@ -44,6 +44,8 @@ from engine.vocabulary import Vocabulary, default_vocabulary
 
 MAX_BRANCHES = 32  # disjunctive branches per rule after `any` is expanded
 CLOCK = "now"
+THIS = "this"  # in a `where` reference: another field of the same fact
+RESERVED_FINDING_FIELDS = frozenset({"id", "rule", "since", "because", "t", "time"})
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(s|m|h|d)$")
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -352,10 +354,11 @@ def _collect_findings(ctx: _Context, doc: YamlDoc) -> None:
         collect = raw.get("collect")
         collected = {
             str(k): Collect(
-                source_field=str(v.get("field")),
+                source_field=str(v.get("field", "")),
                 finding=str(v["finding"]) if v.get("finding") else None,
                 key=str(v["key"]) if v.get("key") else None,
                 one=bool(v.get("one", False)),
+                count=bool(v.get("count", False)),
                 named={str(a): str(b) for a, b in (v.get("from") or {}).items()},
             )
             for k, v in (collect.items() if isinstance(collect, dict) else [])
@@ -411,14 +414,17 @@ def _check_findings_used(ctx: _Context, docs: list[YamlDoc]) -> None:
                         doc, at, f"unknown finding {source!r}{suggest(source, ctx.findings)}"
                     )
                     continue
-                for what, wanted in (("field", spec.source_field), ("key", spec.key)):
-                    if wanted is not None and wanted not in ctx.concluded.get(source, set()):
-                        ctx.problem(
-                            doc,
-                            f"{pointer}/{out}/{what}",
-                            f"no rule sets field {wanted!r} of finding {source!r}"
-                            f"{suggest(wanted, ctx.concluded.get(source, set()))}",
-                        )
+                wanted_fields = (
+                    () if spec.count else (("field", spec.source_field), ("key", spec.key))
+                )
+            for what, wanted in wanted_fields:
+                if wanted is not None and wanted not in ctx.concluded.get(source, set()):
+                    ctx.problem(
+                        doc,
+                        f"{pointer}/{out}/{what}",
+                        f"no rule sets field {wanted!r} of finding {source!r}"
+                        f"{suggest(wanted, ctx.concluded.get(source, set()))}",
+                    )
         if decl.combine_field is not None and decl.combine_field not in ctx.concluded.get(
             name, set()
         ):
@@ -591,8 +597,9 @@ class _RuleBuilder:
 
     def pattern(self, raw: dict[str, Any], pointer: str, *, negated: bool = False) -> Pattern:
         alias = raw.get("as") or f"_p{next(self.counter)}"
-        if alias == CLOCK:
-            self.error(f"{pointer}/as", f"{CLOCK!r} is the logical clock and cannot be an alias")
+        if alias in (CLOCK, THIS):
+            what = "the logical clock" if alias == CLOCK else "the pattern's own fact"
+            self.error(f"{pointer}/as", f"{alias!r} names {what} and cannot be an alias")
         if "fact" in raw:
             kind = "fact"
             name = raw["fact"]
@@ -719,6 +726,14 @@ class _RuleBuilder:
                     f"{CLOCK!r} can only be used as a time anchor: "
                     "use 'time: {not_after: now, within: ...}'",
                 )
+            if alias == THIS:
+                known = self.known_fields(kind, name)
+                head = rfield.split(".")[0]
+                if known is not None and head not in known:
+                    self.error(
+                        f"{pointer}/ref",
+                        f"unknown field {head!r} of this {name}{suggest(head, known)}",
+                    )
             return Ref(alias, rfield, add - sub, mul)
         self.check_enum(kind, name, fld, value, pointer)
         return Const(cast(Scalar, value))
@@ -824,7 +839,7 @@ class _RuleBuilder:
         return ordered
 
     def check_ref(self, ref: Ref, bound: Mapping[str, Pattern], pointer: str) -> None:
-        if ref.alias == CLOCK:
+        if ref.alias in (CLOCK, THIS):
             return
         target = bound.get(ref.alias)
         if target is None:
@@ -845,6 +860,15 @@ class _RuleBuilder:
 
     def conclusion(self, raw: dict[str, Any], pointer: str, branches: list[Branch]) -> Conclusion:
         assignments = raw.get("set", {})
+        if "finding" in raw:
+            for key in assignments:
+                if key in RESERVED_FINDING_FIELDS:
+                    self.error(
+                        f"{pointer}/set/{key}",
+                        f"field {key!r} is reserved: the "
+                        "engine sets it on every finding; choose another name",
+                        key=True,
+                    )
         for key, expr in assignments.items():
             self.check_expr(expr, f"{pointer}/set/{key}", branches)
         if "finding" in raw:
@@ -859,7 +883,10 @@ class _RuleBuilder:
         return Conclusion("recommend", code, assignments, raw["severity"], raw["text"], pointer)
 
     def check_expr(self, expr: object, pointer: str, branches: list[Branch]) -> None:
-        if isinstance(expr, dict):
+        if isinstance(expr, list):
+            for i, item in enumerate(expr):
+                self.check_expr(item, f"{pointer}/{i}", branches)
+        elif isinstance(expr, dict):
             if "ref" in expr:
                 alias, _, fld = str(expr["ref"]).partition(".")
                 for branch in branches:

@@ -262,7 +262,7 @@ def _holds(t: Test, b: Bindings, alias: str, tol: float) -> bool:
         inside = any(_equal(actual, v, tol) for v in t.operand)
         return inside if t.op == "in" else not inside
     if isinstance(t.operand, Ref):
-        other = b.get(t.operand.alias)
+        other = b.get(alias if t.operand.alias == "this" else t.operand.alias)
         if other is None:
             return False
         ref = _value(other, t.operand.field)
