@@ -135,8 +135,22 @@ def _fast_validator(fact_type: str) -> Callable[[object], object]:
     """A compiled validator of one fact type, for the common case of a valid fact. It only
     answers yes or no: a fact it refuses is checked again by jsonschema, which is the
     authority and gives the reasons."""
-    schema = {**_type_defs()[fact_type], "$defs": _fact_schema()["$defs"]}
-    return cast(Callable[[object], object], fastjsonschema.compile(schema))
+    schema = _draft7({**_type_defs()[fact_type], "$defs": _fact_schema()["$defs"]})
+    # use_default=False: validation must never change the fact as sent
+    return cast(Callable[[object], object], fastjsonschema.compile(schema, use_default=False))
+
+
+def _draft7(node: Any) -> Any:
+    """The schema in the draft-07 words fastjsonschema knows (`dependentRequired` is
+    draft 2020-12; draft 07 says `dependencies`)."""
+    if isinstance(node, list):
+        return [_draft7(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _draft7(v) for k, v in node.items() if k != "dependentRequired"}
+    if "dependentRequired" in node:
+        out["dependencies"] = {**node.get("dependencies", {}), **node["dependentRequired"]}
+    return out
 
 
 def _fast_ok(fact: dict[str, object], fact_type: str) -> bool:
@@ -722,7 +736,10 @@ def _convert(value: object, entry: Mapping[str, Any], unit: str | None) -> objec
             * _dec(rule["multiply"])
             / _dec(rule["divide"])
         )
-    return float(exact)
+    converted = float(exact)
+    if not math.isfinite(converted):
+        raise _Refused(f"{value!r} {unit} is out of range once converted to {entry['unit']}")
+    return converted
 
 
 def _dec(number: int | float) -> Decimal:

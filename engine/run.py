@@ -535,7 +535,10 @@ class Session:
         values = [self._expr(a, firing) for a in args]
         if any(v is None for v in values):
             return None  # unknown stays unknown
-        return _apply(op, values)
+        result = _apply(op, values)
+        if isinstance(result, float) and not math.isfinite(result):
+            return None  # an overflow is not a number the matcher or a reader can use
+        return result
 
     # -- trace -------------------------------------------------------------------------------
 

@@ -211,7 +211,8 @@ TOCILIZUMAB_ORDER = st.fixed_dictionaries(
 
 def crs_fact(*, masking_drugs: bool = True) -> st.SearchStrategy[dict[str, Any]]:
     """One CRS-course fact without time or id. `masking_drugs=False` leaves out every
-    antipyretic, anti-cytokine drug and steroid (medication_admin)."""
+    antipyretic, anti-cytokine drug and steroid: no medication_admin and no tocilizumab
+    order (an approved order counts as a dose)."""
     kinds = [
         temperature(),
         temperature(),  # temperatures are the most frequent reading
@@ -221,10 +222,9 @@ def crs_fact(*, masking_drugs: bool = True) -> st.SearchStrategy[dict[str, Any]]
         FLUID_BOLUS,
         anc(),
         CRS_RESOLVED,
-        TOCILIZUMAB_ORDER,
     ]
     if masking_drugs:
-        kinds.append(medication_admin())
+        kinds += [medication_admin(), TOCILIZUMAB_ORDER]
     return st.one_of(kinds)
 
 
