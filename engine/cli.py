@@ -53,6 +53,18 @@ def _read_facts(path: str) -> list[object]:
     except OSError as exc:
         raise click.FileError(path, hint=exc.strerror or str(exc)) from exc
     try:
+        if text.removeprefix("\ufeff").lstrip().startswith("{"):
+            from engine.fhir import bundle_to_facts, is_fhir_bundle
+
+            try:
+                doc = json.loads(text.removeprefix("\ufeff"))
+            except json.JSONDecodeError:
+                doc = None  # NDJSON or bad JSON: load_facts_text names the line
+            if is_fhir_bundle(doc):
+                facts, unmapped = bundle_to_facts(doc)
+                for entry in unmapped:  # "bundle entry #<index> (<type>/<id>): <reason>"
+                    click.echo(str(entry), err=True)
+                return [*facts]
         return load_facts_text(text)
     except FactError as exc:
         click.echo(f"{path}: {exc}", err=True)
@@ -199,6 +211,81 @@ def scenario_run(
         click.echo(report_text(results, verbose=verbose))
     if not results or not all(r.ok for r in results):
         raise SystemExit(1)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, type=click.IntRange(1, 65535), show_default=True)
+@click.option(
+    "--store",
+    "store",
+    default="cart-cds.sqlite3",
+    show_default=True,
+    metavar="PATH_OR_URL",
+    help="The fact store: a SQLite file path, or a postgresql:// URL.",
+)
+@RULES_OPTION
+@POLICY_OPTION
+@click.option("--jwks", metavar="FILE_OR_URL", help="JWK Set of the clients' public keys.")
+@click.option("--issuer", "issuers", multiple=True, metavar="ISS", help="Allowed token issuer.")
+@click.option("--base-url", metavar="URL", help="URL clients call (default http://HOST:PORT).")
+@click.option("--insecure-dev", is_flag=True, help="No authentication: development only.")
+@click.option("--cache-size", default=128, type=click.IntRange(0), show_default=True)
+@click.option("--live-sessions", default=16, type=click.IntRange(0), show_default=True)
+def serve(
+    host: str,
+    port: int,
+    store: str,
+    rules: str | None,
+    policy: tuple[str, ...],
+    jwks: str | None,
+    issuers: tuple[str, ...],
+    base_url: str | None,
+    insecure_dev: bool,
+    cache_size: int,
+    live_sessions: int,
+) -> None:
+    """Run the CDS Hooks services and the JSON API over a patient fact store (docs/service.md)."""
+    from engine.service import run_cli
+
+    engine = _load(rules, policy)
+    raise SystemExit(
+        run_cli(engine, store, host=host, port=port, jwks=jwks, issuers=issuers,
+                base_url=base_url, insecure_dev=insecure_dev, cache_size=cache_size,
+                live_sessions=live_sessions)
+    )  # fmt: skip
+
+
+@cli.command()
+@RULES_OPTION
+@POLICY_OPTION
+@click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text")
+def policy(rules: str | None, policy: tuple[str, ...], fmt: str) -> None:
+    """List the policy parameters in force: value, alternatives, conflict, sources."""
+    from engine.report import policy_markdown, policy_rows, scalar_text
+
+    engine = _load(rules, policy)
+    rows = policy_rows(engine.ruleset)
+    if fmt == "json":
+        click.echo(to_json(rows))
+    elif fmt == "markdown":
+        click.echo(policy_markdown(rows), nl=False)
+    else:
+        for r in rows:
+            other = ""
+            if r["choices"]:
+                other = f" (choices: {', '.join(scalar_text(c) for c in r['choices'])})"
+            if r["alternatives"]:
+                other += (
+                    " (alternatives: "
+                    + ", ".join(f"{k}={scalar_text(v)}" for k, v in r["alternatives"].items())
+                    + ")"
+                )
+            conflict = f" [{r['conflict']}]" if r["conflict"] else ""
+            unit = f" {r['unit']}" if r["unit"] else ""
+            click.echo(
+                f"{r['name']} = {scalar_text(r['value'])}{unit}{other}{conflict}  {r['location']}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
