@@ -45,6 +45,10 @@ class Scenario:
         return t
 
 
+def _resolve(t: str, anchor: str | None) -> str:
+    return resolve_relative_time(t, anchor) if anchor is not None else t
+
+
 def _fact(raw: Mapping[str, Any], anchor: str | None) -> dict[str, Any]:
     fact = dict(raw)
     if "t" in fact:
@@ -83,7 +87,9 @@ def load_scenarios(path: str | Path) -> list[Scenario]:
                 id=str(v["id"]),
                 title=str(v.get("title", "")),
                 anchor_date=anchor,
-                evaluated_at=str(v["evaluated_at"]) if v.get("evaluated_at") else None,
+                evaluated_at=_resolve(str(v["evaluated_at"]), anchor)
+                if v.get("evaluated_at")
+                else None,
                 facts=facts,
                 expected=v.get("expected", {}) or {},
                 raw=v,
