@@ -184,8 +184,9 @@ def _patterns(patterns: list[Pattern], tol: float) -> tuple[list[dict[str, Any]]
             exprs.append({FINDING_FIELD: p.name})
         else:
             exprs.append({VIEW_FIELD: VIEW_CODE[p.view]})
-        # durable-rules ignores a join test that follows an `$or` in the same `$and`
-        # (docs/durable-rules.md): constant tests first, then joins, then alternatives
+        # durable-rules ignores a join test that follows an `$or` or a nested `$and` in the
+        # same `$and` (docs/durable-rules.md): constant tests first (nested `$and`s
+        # flattened), then joins, then alternatives
         consts: list[dict[str, Any]] = []
         joins: list[dict[str, Any]] = []
         alternatives: list[dict[str, Any]] = []
@@ -198,6 +199,8 @@ def _patterns(patterns: list[Pattern], tol: float) -> tuple[list[dict[str, Any]]
                 alternatives.append(expr)
             elif isinstance(t.operand, Ref):
                 joins.append(expr)
+            elif "$and" in expr:
+                consts.extend(expr["$and"])  # a nested $and also hides the joins after it
             else:
                 consts.append(expr)
         out.append({p.alias: {"$and": [*exprs, *consts, *joins, *alternatives]}})

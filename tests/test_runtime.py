@@ -3,8 +3,10 @@ around durable-rules' footguns (DESIGN.md, "durable-rules: how to live with it")
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ import engine
 from engine import _matcher
 from engine.errors import EvaluationError
 
+REPO = Path(__file__).resolve().parent.parent
 INFUSION = {
     "id": "inf",
     "type": "procedure",
@@ -331,3 +334,43 @@ def test_the_matcher_runs_no_background_dispatch_threads(cds: engine.Engine) -> 
     cds.evaluate([INFUSION])
     host = _matcher.matcher()._host
     assert not hasattr(host, "_d_timer") and not hasattr(host, "_t_timer")
+
+
+def test_a_numeric_equality_does_not_hide_the_time_window_after_it(tmp_path: Path) -> None:
+    """A numeric equality is a tolerance band (a nested `$and` in durable-rules), which
+    made durable-rules ignore the join after it; the compiler flattens it."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name in ("ruleset.yaml", "policy.yaml", "actions.yaml", "valuesets.yaml"):
+        shutil.copy(REPO / "rules" / name, rules / name)
+    (rules / "pet.yaml").write_text(PET_RULES, encoding="utf-8")
+    cds = engine.load_rules(rules)
+    facts = [
+        {"id": "pet0", "type": "pet", "time": "2025-05-01T00:00:00Z", "deauville": 5},
+        INFUSION,
+        {"id": "pet1", "type": "pet", "time": "2025-06-01T00:00:00Z", "deauville": 5},
+    ]
+    result = cds.evaluate(facts)
+    assert [f["pet"] for f in result["findings"]["pet_after"]] == ["pet1"]
+
+
+PET_RULES = """\
+kind: rules
+phase: t
+title: test
+findings:
+  pet_after: {description: a Deauville 5 PET after the infusion}
+rules:
+  - id: t.pet_after
+    version: 1
+    title: Deauville 5 after the infusion
+    status: active
+    sources: [S25]
+    evidence: V
+    explanation: test
+    when:
+      all:
+        - {fact: procedure, as: inf, where: {name: car_t_infusion}}
+        - {fact: pet, as: p, where: {deauville: 5}, time: {after: inf}}
+    then: [{finding: pet_after, set: {pet: {ref: p.id}}}]
+"""
