@@ -100,7 +100,9 @@ class KeySet:
                 log.warning("JWK Set %s: a key without a 'kid' is ignored", self.source)
                 continue
             if entry.get("kty") == "oct" or "d" in entry:
-                log.warning("JWK Set %s: key %r is not a public key: ignored", self.source, entry)
+                log.warning(
+                    "JWK Set %s: key %r is not a public key: ignored", self.source, entry["kid"]
+                )
                 continue
             try:
                 declared = entry.get("alg")

@@ -171,6 +171,10 @@ class FactStore(Protocol):
         """The patient's facts in append order (only those at or before `until`)."""
         ...
 
+    def appended(self, patient: str, after: int = 0) -> list[tuple[int, dict[str, Any]]]:
+        """(sequence number, fact) of the patient's facts appended after `after`, in order."""
+        ...
+
     def revision(self, patient: str) -> Revision: ...
 
     def issue_cards(self, cards: Sequence[IssuedCard]) -> None: ...
@@ -508,6 +512,14 @@ class SqlStore:
                     (patient, until),
                 )
         return [json.loads(r[0]) for r in rows]
+
+    def appended(self, patient: str, after: int = 0) -> list[tuple[int, dict[str, Any]]]:
+        with self._b.read() as run:
+            rows = run(
+                "SELECT seq, body FROM facts WHERE patient = ? AND seq > ? ORDER BY seq",
+                (patient, after),
+            )
+        return [(int(r[0]), json.loads(r[1])) for r in rows]
 
     def revision(self, patient: str) -> Revision:
         with self._b.read() as run:

@@ -89,5 +89,12 @@ else
     printf '%s\n' "$want_stamp" >"$STAMP"
 fi
 
+# The PostgreSQL fact store tests need the server programs (initdb, pg_ctl); without
+# them they skip (in CI they fail: .ci/run installs them).
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    say "note: no PostgreSQL server programs (initdb): the PostgreSQL store tests will skip;" \
+        "install them with 'apt-get install -y postgresql'"
+fi
+
 say "ready: $("$VPY" -c 'import platform; print("Python", platform.python_version())'), \
 run 'make test' or '$VPY -m pytest'"

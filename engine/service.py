@@ -1,0 +1,1466 @@
+"""The HTTP service: CDS Hooks 2.0 services and a plain JSON API over the patient fact store.
+
+`cart-cds serve` runs `create_app` under uvicorn. Routes:
+
+- `GET /cds-services`: discovery (public);
+- `POST /cds-services/cart-t-patient-view`: the patient's CRS/ICANS grade, eligibility
+  and every recommendation, as cards;
+- `POST /cds-services/cart-t-order-select`, `.../cart-t-order-sign`: each tocilizumab
+  MedicationRequest of `context.draftOrders` checked against the dose guard;
+- `POST /cds-services/{id}/feedback`: accepted / overridden cards, kept in the store;
+- `POST /patients/{id}/facts` (JSON array, NDJSON or a FHIR Bundle; all or nothing,
+  answered after the commit), `GET /patients/{id}/facts`,
+  `GET /patients/{id}/evaluation[?as_of=T]`, `POST /evaluate`;
+- `GET /rules/{rule_id}`: a rule's provenance (the cards' `source.url`; public);
+- `GET /openapi.json`, `/docs`.
+
+Evaluation: per request, from the stored facts (plus prefetched FHIR data and draft
+orders), in a durable-rules session closed before the response; at most
+`max_sessions` at once. Results are cached by (patient, store revision, as_of, extra
+facts): the evaluation is a pure function of those, so a cache hit is the same answer.
+
+Every call except discovery, rules and the OpenAPI document needs a client JWT
+(`engine.auth`), unless the server runs with `--insecure-dev`, which it says at
+startup and on every response (`X-Insecure-Dev: true`). The log holds method, route
+template, status and duration: no bodies, no patient ids, no query strings.
+"""
+
+import hashlib
+import json
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.api import Engine
+from engine.auth import AuthError, Client, KeySet, Verifier
+from engine.cards import Card, CardMaker, Coding, OrderError, Rendered, SuggestionAction
+from engine.cards import draft_orders as parse_draft_orders
+from engine.errors import EvaluationError, FactError
+from engine.facts import Fact, load_facts_text, normalise, parse_time
+from engine.run import Session
+from engine.store import (
+    AppendResult,
+    ConflictError,
+    FactStore,
+    FeedbackRecord,
+    StoredFact,
+    StoreError,
+)
+
+__all__ = ["SERVICES", "Settings", "create_app", "serve"]
+
+log = logging.getLogger("cart_cds.service")
+access_log = logging.getLogger("cart_cds.http")
+
+BODY_LIMIT = 5 * 1024 * 1024
+PATIENT_VIEW = "cart-t-patient-view"
+ORDER_SELECT = "cart-t-order-select"
+ORDER_SIGN = "cart-t-order-sign"
+FACT_MEDIA_TYPES = (
+    "application/json",
+    "application/fhir+json",
+    "application/x-ndjson",
+    "application/ndjson",
+)
+
+PatientId = Annotated[
+    str,
+    Path(
+        pattern=r"^[A-Za-z0-9\-.]{1,64}$",
+        description="The patient id (a FHIR id: letters, digits, '-' and '.', at most 64).",
+    ),
+]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the service runs; `cart-cds serve` fills it from its options."""
+
+    base_url: str  # the URL clients call; `aud` must be base_url + path
+    jwks: str | None = None
+    issuers: tuple[str, ...] = ()
+    insecure_dev: bool = False
+    body_limit: int = BODY_LIMIT
+    cache_size: int = 128  # evaluations kept (0: none)
+    live_sessions: int = 16  # patients with a live matcher session (0: rebuild every time)
+    max_sessions: int = 4  # evaluations (durable-rules sessions) at once
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Problem(BaseModel):
+    """One thing wrong with the request."""
+
+    reason: str
+    index: int | None = Field(
+        default=None, description="Position of the fact (or item) in the request."
+    )
+    id: str | None = Field(default=None, description="The fact id, when it has one.")
+    location: str | None = Field(
+        default=None, description="Where in the request, e.g. body.context."
+    )
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="What is wrong, in one sentence.")
+    problems: list[Problem] = Field(default_factory=list)
+
+
+class ServiceDescription(BaseModel):
+    hook: str
+    title: str
+    description: str
+    id: str
+    prefetch: dict[str, str] | None = None
+    usageRequirements: str | None = None
+
+
+class Discovery(BaseModel):
+    services: list[ServiceDescription]
+
+
+class FhirAuthorization(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int
+    scope: str
+    subject: str
+    patient: str | None = None
+
+
+FhirPatientId = Annotated[str, Field(pattern=r"^[A-Za-z0-9\-.]{1,64}$")]
+
+
+class PatientViewContext(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    userId: str
+    patientId: FhirPatientId
+    encounterId: str | None = None
+
+
+class OrderSignContext(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    userId: str
+    patientId: FhirPatientId
+    encounterId: str | None = None
+    draftOrders: dict[str, Any] = Field(
+        description="A FHIR Bundle of the draft orders (MedicationRequest)."
+    )
+
+
+class OrderSelectContext(OrderSignContext):
+    selections: list[str] = Field(
+        description="The newly selected orders, e.g. 'MedicationRequest/123'."
+    )
+
+
+class _HookRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    hookInstance: str = Field(min_length=1, description="A UUID for this invocation.")
+    fhirServer: str | None = None
+    fhirAuthorization: FhirAuthorization | None = None
+    prefetch: dict[str, dict[str, Any] | None] | None = None
+
+
+class PatientViewRequest(_HookRequest):
+    hook: Literal["patient-view"]
+    context: PatientViewContext
+
+
+class OrderSelectRequest(_HookRequest):
+    hook: Literal["order-select"]
+    context: OrderSelectContext
+
+
+class OrderSignRequest(_HookRequest):
+    hook: Literal["order-sign"]
+    context: OrderSignContext
+
+
+class CdsResponse(BaseModel):
+    cards: list[Card]
+    systemActions: list[SuggestionAction] = Field(default_factory=list)
+
+
+class OverrideReason(BaseModel):
+    reason: Coding | None = None
+    userComment: str | None = None
+
+
+class AcceptedSuggestion(BaseModel):
+    id: str
+
+
+class FeedbackItem(BaseModel):
+    card: str = Field(min_length=1, description="The uuid of the card.")
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: list[AcceptedSuggestion] | None = None
+    overrideReason: OverrideReason | None = None
+    outcomeTimestamp: str
+
+
+class FeedbackRequest(BaseModel):
+    feedback: list[FeedbackItem] = Field(min_length=1)
+
+
+class FeedbackStored(BaseModel):
+    received: int
+    stored: int = Field(description="Items new to the store (a repeated item is kept once).")
+
+
+class Revision(BaseModel):
+    count: int
+    last: int
+
+
+class UnmappedEntry(BaseModel):
+    index: int
+    resource_type: str | None
+    resource_id: str | None
+    reason: str
+
+
+class FactsStored(BaseModel):
+    patient: str
+    received: int
+    added: list[str] = Field(description="Fact ids stored by this request.")
+    existing: list[str] = Field(description="Fact ids already stored with the same content.")
+    revision: Revision
+    unmapped: list[UnmappedEntry] = Field(
+        default_factory=list, description="FHIR entries that did not become facts, and why."
+    )
+
+
+class StoredFacts(BaseModel):
+    patient: str
+    revision: Revision
+    facts: list[dict[str, Any]]
+
+
+class RulesetInfo(BaseModel):
+    name: str
+    version: str
+    digest: str
+
+
+class EngineInfo(BaseModel):
+    name: str
+    version: str
+    durable_rules: str
+
+
+class RecommendationOut(BaseModel):
+    code: str
+    severity: Literal["info", "warning", "critical"]
+    text: str
+    rule: str
+    rule_version: int
+    sources: list[str]
+    evidence: str
+    because: list[str]
+    since: str
+    details: dict[str, Any] | None = None
+
+
+class RejectedOut(BaseModel):
+    index: int
+    id: str | None
+    reason: str
+    fact: Any
+
+
+class Evaluation(BaseModel):
+    """schemas/evaluation.schema.json."""
+
+    patient: str | None
+    as_of: str | None
+    ruleset: RulesetInfo
+    engine: EngineInfo
+    policy: dict[str, str | int | float | bool]
+    findings: dict[str, Any]
+    recommendations: list[RecommendationOut]
+    trace: list[dict[str, Any]]
+    rejected: list[RejectedOut]
+
+
+class RuleInfo(BaseModel):
+    id: str
+    version: int
+    title: str
+    status: str
+    sources: list[str]
+    evidence: str
+    explanation: str
+    location: str
+    ruleset: RulesetInfo
+
+
+class ApiError(Exception):
+    """An error answered as `ErrorBody` with this status."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        problems: Sequence[Problem] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.problems = list(problems)
+        self.headers = dict(headers or {})
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    text = {
+        400: "Malformed request (bad JSON, empty body)",
+        401: "No valid client token (see WWW-Authenticate)",
+        404: "Not found",
+        412: "No data to decide on (no stored facts and no prefetch)",
+        413: "Body over the size limit",
+        415: "Unsupported media type",
+        422: "Invalid input: every problem listed; nothing stored",
+        503: "The store or the matcher is unavailable",
+    }
+    return {c: {"model": ErrorBody, "description": text[c]} for c in codes}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class _Live:
+    """A patient's live session, caught up with the store up to sequence number `last`."""
+
+    session: Session
+    last: int = 0
+    count: int = 0
+    evaluation: dict[str, Any] | None = None
+    closed: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Evaluator:
+    """Evaluates patients from the store, within the matcher's limits.
+
+    - `rebuild`: a session from all the stored facts (plus `extra` ones), closed before
+      returning; the result cached by (patient, store revision, as_of, extra facts).
+    - `current`: the stored facts only, from a live session per patient that is caught up
+      with the facts appended since (a few ms per new fact instead of a rebuild); at most
+      `live_sessions` of them, the least recently used closed first.
+
+    At most `max_sessions` evaluations run at once.
+    """
+
+    engine: Engine
+    store: FactStore
+    cache_size: int = 128
+    max_sessions: int = 4
+    live_sessions: int = 16
+    _cache: OrderedDict[tuple[Any, ...], dict[str, Any]] = field(default_factory=OrderedDict)
+    _live: OrderedDict[str, _Live] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _slots: threading.BoundedSemaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._slots = threading.BoundedSemaphore(max(1, self.max_sessions))
+
+    def run(self, facts: Sequence[object], *, as_of: str | None, patient: str | None) -> Any:
+        with self._slots:
+            return self.engine.evaluate(facts, as_of=as_of, patient=patient)
+
+    def rebuild(
+        self,
+        patient: str,
+        *,
+        as_of: str | None = None,
+        extra: Sequence[Mapping[str, Any]] = (),
+        cached: bool = True,
+    ) -> tuple[dict[str, Any], int]:
+        """(evaluation, number of stored facts used); `extra` facts replace stored ones of
+        the same id (prefetched data is the EHR's current version)."""
+        until = parse_time(as_of)[1] if as_of is not None else None
+        revision = self.store.revision(patient)  # before the facts: never cache newer as older
+        key = (
+            patient,
+            revision.count,
+            revision.last,
+            as_of,
+            hashlib.sha256(_canonical(list(extra)).encode()).hexdigest() if extra else "",
+        )
+        if cached and self.cache_size > 0:
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    return hit, revision.count
+        stored = self.store.facts(patient, until=until)
+        replaced = {str(f.get("id")) for f in extra}
+        facts: list[object] = [f for f in stored if str(f.get("id")) not in replaced]
+        facts.extend(extra)
+        result: dict[str, Any] = self.run(facts, as_of=as_of, patient=patient)
+        if cached and self.cache_size > 0:
+            with self._lock:
+                self._cache[key] = result
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return result, len(stored)
+
+    def current(
+        self, patient: str, *, extra: Sequence[Mapping[str, Any]] = ()
+    ) -> tuple[dict[str, Any], int]:
+        """The evaluation now of the stored facts and `extra` (findings and recommendations;
+        the trace is not kept). From the live session when `extra` adds nothing to the
+        stored facts, else by a rebuild."""
+        if self.live_sessions <= 0:
+            return self.rebuild(patient, extra=extra)
+        with self._lock:
+            live = patient in self._live
+        if not live and self.store.revision(patient).count == 0:
+            return self.rebuild(patient, extra=extra)  # nothing stored: no session to keep
+        entry = self._entry(patient)
+        with entry.lock:
+            if entry.closed:  # evicted while we waited
+                usable = False
+            else:
+                try:
+                    rows = self.store.appended(patient, entry.last)
+                    if rows or entry.evaluation is None:
+                        with self._slots:
+                            for seq, body in rows:
+                                entry.session.add(body)
+                                entry.last, entry.count = seq, entry.count + 1
+                            entry.evaluation = self.engine.evaluation(entry.session)
+                except BaseException:
+                    self._drop(patient, entry)  # its state is unknown now
+                    raise
+                usable = not extra or _all_known(entry.session, extra)
+            evaluation, count = entry.evaluation, entry.count
+        if not usable or evaluation is None:
+            return self.rebuild(patient, extra=extra)
+        return evaluation, count
+
+    @property
+    def live_patients(self) -> tuple[str, ...]:
+        """The patients with a live session, least recently used first."""
+        with self._lock:
+            return tuple(self._live)
+
+    def _entry(self, patient: str) -> _Live:
+        victims: list[_Live] = []
+        with self._lock:
+            entry = self._live.get(patient)
+            if entry is not None:
+                self._live.move_to_end(patient)
+                return entry
+            entry = _Live(self.engine.session(patient=patient, record_trace=False))
+            self._live[patient] = entry
+            while len(self._live) > self.live_sessions:
+                victims.append(self._live.popitem(last=False)[1])
+        for victim in victims:
+            _close(victim)
+        return entry
+
+    def _drop(self, patient: str, entry: _Live) -> None:
+        with self._lock:
+            if self._live.get(patient) is entry:
+                del self._live[patient]
+        entry.closed = True
+        entry.session.close()
+
+    def close(self) -> None:
+        with self._lock:
+            entries = list(self._live.values())
+            self._live.clear()
+        for entry in entries:
+            _close(entry)
+
+
+def _close(entry: _Live) -> None:
+    with entry.lock:
+        entry.closed = True
+        entry.session.close()
+
+
+def _all_known(session: Session, extra: Sequence[Mapping[str, Any]]) -> bool:
+    """True when every extra fact is already in the session with the same content."""
+    known = {f.id: f for f in session.facts()}
+    for index, raw in enumerate(extra):
+        fact = normalise(raw, index)
+        have = known.get(fact.id) if isinstance(fact, Fact) else None
+        if have is None or not isinstance(fact, Fact):
+            return False
+        if (have.type, have.time, have.patient, have.data) != (
+            fact.type,
+            fact.time,
+            fact.patient,
+            fact.data,
+        ):
+            return False
+    return True
+
+
+def _canonical(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+# --------------------------------------------------------------------------- FHIR and facts
+
+
+@cache
+def _prefetch_templates() -> dict[str, str]:
+    """The FHIR queries each service asks the client to prefetch."""
+    from engine.fhir import load_mapping
+
+    mapping = load_mapping()
+    systems = {name: spec["url"] for name, spec in mapping["systems"].items()}
+    codes = [
+        f"{systems[c['system']]}|{c['code']}" for c in mapping["resources"]["Observation"]["codes"]
+    ]
+    pid = "{{context.patientId}}"
+    return {
+        "patient": f"Patient/{pid}",
+        "observations": f"Observation?patient={pid}&code={','.join(codes)}",
+        "medications": (
+            f"MedicationAdministration?patient={pid}&_include=MedicationAdministration:medication"
+        ),
+        "procedures": f"Procedure?patient={pid}",
+        "conditions": f"Condition?patient={pid}",
+    }
+
+
+def _services() -> list[ServiceDescription]:
+    prefetch = _prefetch_templates()
+    # the dose guard needs the earlier doses, and the patient
+    orders = {k: v for k, v in prefetch.items() if k in ("patient", "medications")}
+    return [
+        ServiceDescription(
+            hook="patient-view",
+            id=PATIENT_VIEW,
+            title="CAR-T toxicity status",
+            description=(
+                "The patient's CRS (and ICANS) grade per ASTCT 2019, eligibility and every "
+                "recommendation of the cart-cds rules, from the stored facts and the prefetch."
+            ),
+            prefetch=prefetch,
+        ),
+        ServiceDescription(
+            hook="order-select",
+            id=ORDER_SELECT,
+            title="Tocilizumab dose guard (order select)",
+            description=(
+                "Checks each selected tocilizumab MedicationRequest against the dose limits: "
+                "interval since the previous dose, doses per 24 h, total doses."
+            ),
+            prefetch=orders,
+        ),
+        ServiceDescription(
+            hook="order-sign",
+            id=ORDER_SIGN,
+            title="Tocilizumab dose guard (order sign)",
+            description=(
+                "Checks every tocilizumab MedicationRequest about to be signed against the "
+                "dose limits, with the order's authoredOn as its time."
+            ),
+            prefetch=orders,
+        ),
+    ]
+
+
+SERVICES = (PATIENT_VIEW, ORDER_SELECT, ORDER_SIGN)
+
+
+def _prefetch_facts(
+    prefetch: Mapping[str, Any] | None, patient: str
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Facts from the prefetched resources (one Bundle of all of them)."""
+    if not prefetch:
+        return [], []
+    from engine.fhir import bundle_to_facts, is_fhir_bundle
+
+    entries: list[Any] = []
+    for value in prefetch.values():
+        if is_fhir_bundle(value):
+            entries.extend(
+                e
+                for e in value.get("entry") or []
+                if isinstance(e, Mapping)
+                and _dict(e.get("resource")).get("resourceType") != "OperationOutcome"
+            )
+        elif isinstance(value, Mapping) and value.get("resourceType") not in (
+            None,
+            "OperationOutcome",
+        ):
+            entries.append({"resource": value})
+    if not entries:
+        return [], []
+    try:
+        facts, unmapped = bundle_to_facts(
+            {"resourceType": "Bundle", "type": "collection", "entry": entries}
+        )
+    except FactError as exc:
+        raise ApiError(422, f"prefetch: {exc}") from exc
+    for fact in facts:
+        fact.setdefault("patient", patient)
+    return facts, list(unmapped)
+
+
+def _dict(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _unmapped(items: Sequence[Any]) -> list[UnmappedEntry]:
+    out = []
+    for item in items:
+        data = item.as_dict() if hasattr(item, "as_dict") else {"reason": str(item)}
+        out.append(
+            UnmappedEntry(
+                index=int(data.get("index", -1)),
+                resource_type=data.get("resource_type"),
+                resource_id=data.get("resource_id"),
+                reason=str(data.get("reason")),
+            )
+        )
+    return out
+
+
+def _media_type(request: Request) -> str | None:
+    value = request.headers.get("content-type")
+    return value.split(";")[0].strip().lower() if value else None
+
+
+async def _read_fact_body(request: Request) -> tuple[list[object], list[Any]]:
+    """The raw facts of a request body (JSON array, one object, NDJSON or a FHIR Bundle),
+    and the FHIR entries that did not map."""
+    media = _media_type(request)
+    if media is not None and media not in FACT_MEDIA_TYPES:
+        raise ApiError(
+            415,
+            f"unsupported content type {media!r}: send {', '.join(FACT_MEDIA_TYPES[:3])}",
+        )
+    body = await request.body()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
+    if not text.strip():
+        raise ApiError(400, "empty body: send a JSON array of facts, NDJSON or a FHIR Bundle")
+    items: list[object] | None = None
+    if text.lstrip().removeprefix("\ufeff").startswith("{"):
+        try:  # one JSON object (a fact or a Bundle), however it is laid out
+            items = load_facts_text("[" + text.removeprefix("\ufeff") + "]")
+        except FactError:
+            items = None  # NDJSON, or bad JSON: the NDJSON reader names the line
+    if items is None:
+        try:
+            items = load_facts_text(text)
+        except FactError as exc:
+            raise ApiError(400, f"malformed body: {exc}") from exc
+    if len(items) == 1 and isinstance(items[0], Mapping) and "resourceType" in items[0]:
+        from engine.fhir import bundle_to_facts, is_fhir_bundle
+
+        if not is_fhir_bundle(items[0]):
+            raise ApiError(
+                422, f"a FHIR {items[0]['resourceType']!r} resource: send a Bundle of resources"
+            )
+        try:
+            facts, unmapped = bundle_to_facts(items[0])
+        except FactError as exc:
+            raise ApiError(422, f"FHIR Bundle: {exc}") from exc
+        return list(facts), list(unmapped)
+    return items, []
+
+
+def _accept(raws: Sequence[object], patient: str) -> list[Fact]:
+    """Every fact normalised for this patient, or ApiError(422) listing every refusal."""
+    problems: list[Problem] = []
+    accepted: dict[str, tuple[int, Fact, StoredFact]] = {}
+    for index, raw in enumerate(raws):
+        if not isinstance(raw, Mapping):
+            problems.append(Problem(index=index, reason="a fact must be a JSON object"))
+            continue
+        given = raw.get("patient")
+        fid = raw.get("id") if isinstance(raw.get("id"), str) else None
+        if given is not None and given != patient:
+            problems.append(
+                Problem(
+                    index=index,
+                    id=fid,
+                    reason=f"fact for patient {given!r} sent to another patient's facts",
+                )
+            )
+            continue
+        result = normalise({**raw, "patient": patient}, index)
+        if not isinstance(result, Fact):
+            problems.append(Problem(index=index, id=result.id, reason=result.reason))
+            continue
+        stored = StoredFact.of(result)
+        seen = accepted.get(result.id)
+        if seen is None:
+            accepted[result.id] = (index, result, stored)
+        elif seen[2].digest != stored.digest:
+            problems.append(
+                Problem(
+                    index=index,
+                    id=result.id,
+                    reason=f"id {result.id!r} is used by fact {seen[0]} with other content",
+                )
+            )
+    if problems:
+        raise ApiError(
+            422,
+            f"{len(problems)} of {len(raws)} facts refused; nothing was stored",
+            problems,
+        )
+    return [fact for _, fact, _ in accepted.values()]
+
+
+def _store_facts(store: FactStore, raws: Sequence[object], patient: str) -> AppendResult:
+    accepted = _accept(raws, patient)
+    try:
+        return store.append(patient, [StoredFact.of(f) for f in accepted])
+    except ConflictError as exc:
+        problems = [Problem(id=fid, reason=reason) for fid, reason in exc.conflicts]
+        raise ApiError(
+            422, f"{len(problems)} fact id(s) already used; nothing was stored", problems
+        ) from exc
+
+
+def _server_now() -> str:
+    """The wall clock: only to stamp a draft order that has no authoredOn."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --------------------------------------------------------------------------- middleware
+
+
+class BodyLimit:
+    """Refuses a body over `limit` bytes with 413, before the application reads it."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await _send_error(send, 400, "Content-Length is not a number")
+                return
+            if size > self.limit:
+                await _send_error(send, 413, self._message(size))
+                return
+        chunks: list[bytes] = []
+        total = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.limit:
+                await _send_error(send, 413, self._message(total, at_least=True))
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body"))
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Mapping[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return dict(await receive())
+
+        await self.app(scope, replay, send)
+
+    def _message(self, size: int, at_least: bool = False) -> str:
+        size_text = "the body" if at_least else f"the body of {size} bytes"
+        return f"{size_text} is over the limit of {self.limit} bytes"
+
+
+async def _send_error(send: Any, status: int, detail: str) -> None:
+    payload = json.dumps({"detail": detail, "problems": []}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+class AccessLog:
+    """One INFO line per request: method, route template, status, duration. Adds the
+    `X-Insecure-Dev` header in development mode."""
+
+    def __init__(self, app: Any, insecure_dev: bool) -> None:
+        self.app = app
+        self.insecure_dev = insecure_dev
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def sending(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                if self.insecure_dev:
+                    message["headers"] = [*message.get("headers", []), (b"x-insecure-dev", b"true")]
+            await send(message)
+
+        started = False
+
+        async def tracking(message: MutableMapping[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await sending(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception:
+            _log_failure("unhandled error", scope.get("method"), _template(scope))
+            if started:
+                raise
+            status = 500
+            await _send_error(sending, 500, "internal error: the server log has the details")
+        finally:
+            access_log.info(
+                "%s %s %d %.1f ms",
+                scope.get("method", "?"),
+                _template(scope),
+                status,
+                (time.perf_counter() - start) * 1000,
+            )
+
+
+def _path(request: Request) -> str:
+    """The path as the client sent it (percent-encoded, no query): `aud` names that URL."""
+    raw = request.scope.get("raw_path")
+    return raw.decode("latin-1") if isinstance(raw, bytes) else request.url.path
+
+
+def _log_failure(what: str, *context: object) -> None:
+    """An error for the operator: its type and where it was raised, never its message
+    (messages may quote patient data); the full traceback only at DEBUG."""
+    exc = sys.exc_info()[1]
+    where = ""
+    if exc is not None and exc.__traceback__ is not None:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f" ({type(exc).__name__} at {frame.filename}:{frame.lineno})"
+    log.error("%s%s%s", what, "".join(f" {c}" for c in context), where)
+    log.debug("details", exc_info=True)
+
+
+def _template(scope: Mapping[str, Any]) -> str:
+    """The route's path template (never the path itself: it holds patient ids)."""
+    return str(getattr(scope.get("route"), "path", None) or "(no route)")
+
+
+# --------------------------------------------------------------------------- the app
+
+
+def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
+    """The ASGI application over one compiled rule set and one store."""
+    base_url = settings.base_url.rstrip("/")
+    evaluator = Evaluator(
+        engine, store, settings.cache_size, settings.max_sessions, settings.live_sessions
+    )
+    maker = CardMaker(engine, base_url)
+    verifier: Verifier | None = None
+    if not settings.insecure_dev:
+        if not settings.jwks or not settings.issuers:
+            raise ValueError(
+                "authentication needs a JWK Set (--jwks) and at least one issuer (--issuer); "
+                "--insecure-dev runs without authentication, for development only"
+            )
+        verifier = Verifier(KeySet(settings.jwks), settings.issuers)
+    issued: set[str] = set()
+    issued_lock = threading.Lock()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.insecure_dev:
+            log.warning(
+                "INSECURE DEVELOPMENT MODE: no authentication, any caller can read and write "
+                "patient data; every response carries X-Insecure-Dev: true. Never use it "
+                "with real patients."
+            )
+        yield
+        evaluator.close()
+        store.close()
+
+    app = FastAPI(
+        title="cart-cds",
+        version=engine.ruleset.version,
+        summary="Clinical decision support for CAR-T cell therapy: CDS Hooks and a JSON API.",
+        description=(
+            "CDS Hooks 2.0 services (discovery, patient-view, order-select, order-sign, "
+            "feedback) and a JSON API to store a patient's facts and read their evaluation. "
+            "Calls need a client JWT (RS384/ES384; `aud` = the URL called) unless the server "
+            "runs in insecure development mode."
+        ),
+        lifespan=lifespan,
+    )
+    bearer = HTTPBearer(auto_error=False, bearerFormat="JWT", description="Client JWT")
+
+    def authenticate(
+        request: Request,
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Client | None:
+        if verifier is None:
+            return None
+        try:
+            return verifier.verify(request.headers.get("authorization"), base_url + _path(request))
+        except AuthError as exc:
+            raise ApiError(
+                401, exc.message, headers={"WWW-Authenticate": exc.www_authenticate()}
+            ) from None
+
+    Caller = Annotated[Client | None, Depends(authenticate)]
+
+    # -- errors -------------------------------------------------------------------------------
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        body = ErrorBody(detail=exc.detail, problems=exc.problems)
+        return JSONResponse(body.model_dump(exclude_none=True), exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems: list[Problem] = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()))
+            if error.get("type") == "json_invalid":
+                reason = (error.get("ctx") or {}).get("error", "invalid JSON")
+                detail = f"malformed JSON: {reason} (at character {error['loc'][-1]})"
+                return JSONResponse({"detail": detail, "problems": []}, 400)
+            problems.append(Problem(location=where, reason=str(error.get("msg"))))
+        detail = "; ".join(f"{p.location}: {p.reason}" for p in problems[:3])
+        body = ErrorBody(detail=f"invalid request: {detail}", problems=problems)
+        return JSONResponse(body.model_dump(exclude_none=True), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "error"
+        return JSONResponse({"detail": detail, "problems": []}, exc.status_code, exc.headers)
+
+    @app.exception_handler(StoreError)
+    async def store_error(_request: Request, exc: StoreError) -> JSONResponse:
+        _log_failure("store unavailable")
+        return JSONResponse({"detail": "the fact store is unavailable", "problems": []}, 503)
+
+    @app.exception_handler(EvaluationError)
+    async def evaluation_error(_request: Request, exc: EvaluationError) -> JSONResponse:
+        _log_failure(f"evaluation failed in rule {exc.rule!r} ({exc.location})")
+        return JSONResponse({"detail": f"evaluation failed: {exc}", "problems": []}, 500)
+
+    # -- CDS Hooks ----------------------------------------------------------------------------
+
+    def remember(rendered: Sequence[Rendered]) -> None:
+        with issued_lock:
+            new = [r.issued for r in rendered if r.issued.uuid not in issued]
+        if new:
+            store.issue_cards(new)
+            with issued_lock:
+                if len(issued) > 100_000:
+                    issued.clear()
+                issued.update(c.uuid for c in new)
+
+    def response(rendered: Sequence[Rendered]) -> CdsResponse:
+        remember(rendered)
+        return CdsResponse(cards=[r.card for r in rendered])
+
+    @app.get(
+        "/cds-services",
+        response_model=Discovery,
+        response_model_exclude_none=True,
+        tags=["CDS Hooks"],
+    )
+    def discovery() -> Discovery:
+        """CDS Hooks discovery: the services and the FHIR data each wants prefetched."""
+        return Discovery(services=_services())
+
+    @app.post(
+        f"/cds-services/{PATIENT_VIEW}",
+        response_model=CdsResponse,
+        response_model_exclude_none=True,
+        responses=_errors(400, 401, 412, 413, 422, 503),
+        tags=["CDS Hooks"],
+    )
+    def patient_view(request: PatientViewRequest, _caller: Caller) -> CdsResponse:
+        """The patient's grades, eligibility and recommendations as cards."""
+        patient = request.context.patientId
+        extra, unmapped = _prefetch_facts(request.prefetch, patient)
+        evaluation, stored = evaluator.current(patient, extra=extra)
+        if stored == 0 and not extra:
+            raise ApiError(
+                412,
+                "no stored facts for this patient and no usable prefetch: "
+                "this service does not query the FHIR server itself",
+            )
+        rendered = maker.patient_cards(evaluation, service=PATIENT_VIEW, patient=patient)
+        rendered.extend(
+            maker.unused_data_cards(
+                evaluation, _unmapped(unmapped), service=PATIENT_VIEW, patient=patient
+            )
+        )
+        return response(rendered)
+
+    def order_hook(
+        service: str,
+        patient: str,
+        bundle: Mapping[str, Any],
+        selections: Sequence[str] | None,
+        prefetch: Mapping[str, Any] | None,
+    ) -> CdsResponse:
+        try:
+            orders = parse_draft_orders(bundle, patient, _server_now, selections)
+        except OrderError as exc:
+            raise ApiError(422, str(exc)) from exc
+        if not orders:
+            return CdsResponse(cards=[])
+        problems = []
+        for n, order in enumerate(orders):
+            checked = normalise(order.fact, n)
+            if not isinstance(checked, Fact):
+                problems.append(Problem(index=n, id=order.reference, reason=checked.reason))
+        if problems:
+            raise ApiError(422, "a draft order cannot be checked", problems)
+        extra, unmapped = _prefetch_facts(prefetch, patient)
+        evaluation, stored = evaluator.rebuild(
+            patient, extra=[*extra, *(o.fact for o in orders)], cached=False
+        )
+        if stored == 0 and not extra:
+            raise ApiError(
+                412,
+                "no stored facts for this patient and no usable prefetch: earlier doses "
+                "are unknown, so the order cannot be checked",
+            )
+        rendered = maker.order_cards(evaluation, orders, service=service, patient=patient)
+        rendered.extend(
+            maker.unused_data_cards(
+                evaluation, _unmapped(unmapped), service=service, patient=patient
+            )
+        )
+        return response(rendered)
+
+    @app.post(
+        f"/cds-services/{ORDER_SELECT}",
+        response_model=CdsResponse,
+        response_model_exclude_none=True,
+        responses=_errors(400, 401, 412, 413, 422, 503),
+        tags=["CDS Hooks"],
+    )
+    def order_select(request: OrderSelectRequest, _caller: Caller) -> CdsResponse:
+        """The dose guard's decision on each selected tocilizumab order."""
+        ctx = request.context
+        return order_hook(
+            ORDER_SELECT, ctx.patientId, ctx.draftOrders, ctx.selections, request.prefetch
+        )
+
+    @app.post(
+        f"/cds-services/{ORDER_SIGN}",
+        response_model=CdsResponse,
+        response_model_exclude_none=True,
+        responses=_errors(400, 401, 412, 413, 422, 503),
+        tags=["CDS Hooks"],
+    )
+    def order_sign(request: OrderSignRequest, _caller: Caller) -> CdsResponse:
+        """The dose guard's decision on each tocilizumab order about to be signed."""
+        ctx = request.context
+        return order_hook(ORDER_SIGN, ctx.patientId, ctx.draftOrders, None, request.prefetch)
+
+    @app.post(
+        "/cds-services/{service_id}/feedback",
+        response_model=FeedbackStored,
+        responses=_errors(400, 401, 404, 413, 422, 503),
+        tags=["CDS Hooks"],
+    )
+    def feedback(service_id: str, request: FeedbackRequest, _caller: Caller) -> FeedbackStored:
+        """What the clinician did with cards: accepted (which suggestions) or overridden
+        (and why). All items or none are stored."""
+        if service_id not in SERVICES:
+            raise ApiError(404, f"no CDS service {service_id!r}")
+        problems: list[Problem] = []
+        records: list[FeedbackRecord] = []
+        for n, item in enumerate(request.feedback):
+            where = f"body.feedback.{n}"
+            card = store.card(item.card)
+            if card is None:
+                problems.append(
+                    Problem(index=n, location=where, reason=f"unknown card {item.card!r}")
+                )
+                continue
+            if card.service != service_id:
+                problems.append(
+                    Problem(
+                        index=n,
+                        location=where,
+                        reason=f"card {item.card!r} was issued by service {card.service!r}",
+                    )
+                )
+            if item.outcome == "overridden" and item.acceptedSuggestions:
+                problems.append(
+                    Problem(
+                        index=n, location=where, reason="an overridden card accepts no suggestion"
+                    )
+                )
+            if item.outcome == "accepted" and item.overrideReason is not None:
+                problems.append(
+                    Problem(
+                        index=n, location=where, reason="an accepted card has no overrideReason"
+                    )
+                )
+            try:
+                timestamp = parse_time(item.outcomeTimestamp)[0]
+            except ValueError as exc:
+                problems.append(
+                    Problem(index=n, location=f"{where}.outcomeTimestamp", reason=str(exc))
+                )
+                continue
+            reason = item.overrideReason
+            records.append(
+                FeedbackRecord(
+                    service=service_id,
+                    card=item.card,
+                    outcome=item.outcome,
+                    outcome_timestamp=timestamp,
+                    accepted_suggestions=tuple(s.id for s in item.acceptedSuggestions or []),
+                    override_reason=(
+                        reason.reason.model_dump(exclude_none=True)
+                        if reason is not None and reason.reason is not None
+                        else None
+                    ),
+                    user_comment=reason.userComment if reason is not None else None,
+                )
+            )
+        if problems:
+            raise ApiError(422, f"{len(problems)} feedback problem(s); nothing stored", problems)
+        return FeedbackStored(received=len(records), stored=store.record_feedback(records))
+
+    # -- the JSON API -------------------------------------------------------------------------
+
+    facts_body: dict[str, Any] = {
+        "requestBody": {
+            "required": True,
+            "description": (
+                "The facts (schemas/fact.schema.json): a JSON array, one fact, NDJSON (one "
+                "fact per line) or a FHIR R4 Bundle."
+            ),
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "oneOf": [
+                            {"type": "array", "items": {"$ref": "#/components/schemas/FactIn"}},
+                            {"$ref": "#/components/schemas/FactIn"},
+                            {"$ref": "#/components/schemas/FhirBundle"},
+                        ]
+                    }
+                },
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        }
+    }
+
+    @app.post(
+        "/patients/{patient_id}/facts",
+        response_model=FactsStored,
+        responses=_errors(400, 401, 413, 415, 422, 503),
+        openapi_extra=facts_body,
+        tags=["Facts"],
+    )
+    async def append_facts(patient_id: PatientId, request: Request, _caller: Caller) -> Any:
+        """Store facts for a patient; answered after the commit. All or nothing: if any
+        fact is refused, 422 lists each with its reason and nothing is stored. Sending a
+        fact id again with the same content is a no-op."""
+        raws, unmapped = await _read_fact_body(request)
+        result = await _in_thread(_store_facts, store, raws, patient_id)
+        return FactsStored(
+            patient=patient_id,
+            received=len(raws),
+            added=list(result.added),
+            existing=list(result.existing),
+            revision=Revision(count=result.revision.count, last=result.revision.last),
+            unmapped=_unmapped(unmapped),
+        )
+
+    @app.get(
+        "/patients/{patient_id}/facts",
+        response_model=StoredFacts,
+        responses=_errors(401, 404, 422, 503),
+        tags=["Facts"],
+    )
+    def stored_facts(patient_id: PatientId, _caller: Caller) -> StoredFacts:
+        """The patient's stored facts, in the order they were stored."""
+        revision = store.revision(patient_id)
+        facts = store.facts(patient_id)
+        if not facts:
+            raise ApiError(404, "no facts stored for this patient")
+        return StoredFacts(
+            patient=patient_id,
+            revision=Revision(count=revision.count, last=revision.last),
+            facts=facts,
+        )
+
+    AsOf = Annotated[
+        str | None,
+        Query(
+            description="Logical time (ISO 8601); default: the latest fact time.",
+            max_length=64,
+        ),
+    ]
+
+    def check_as_of(as_of: str | None) -> str | None:
+        if as_of is None:
+            return None
+        try:
+            return parse_time(as_of)[0]
+        except ValueError as exc:
+            raise ApiError(
+                422, f"as_of: {exc}", [Problem(location="query.as_of", reason=str(exc))]
+            ) from exc
+
+    @app.get(
+        "/patients/{patient_id}/evaluation",
+        response_model=Evaluation,
+        responses=_errors(401, 404, 422, 503),
+        tags=["Facts"],
+    )
+    def patient_evaluation(patient_id: PatientId, _caller: Caller, as_of: AsOf = None) -> Any:
+        """The patient's current evaluation (findings, recommendations, trace) from the
+        stored facts, as of `as_of`."""
+        when = check_as_of(as_of)
+        evaluation, stored = evaluator.rebuild(patient_id, as_of=when)
+        if stored == 0 and store.revision(patient_id).count == 0:
+            raise ApiError(404, "no facts stored for this patient")
+        return _json(evaluation)
+
+    @app.post(
+        "/evaluate",
+        response_model=Evaluation,
+        responses=_errors(400, 401, 413, 415, 422),
+        openapi_extra=facts_body,
+        tags=["Facts"],
+    )
+    async def evaluate(request: Request, _caller: Caller, as_of: AsOf = None) -> Any:
+        """Evaluate one patient's facts without storing them. Refused (422) if any fact is."""
+        when = check_as_of(as_of)
+        raws, _unused = await _read_fact_body(request)
+        evaluation = await _in_thread(evaluator.run, raws, as_of=when, patient=None)
+        if evaluation["rejected"]:
+            problems = [
+                Problem(index=r["index"], id=r["id"], reason=r["reason"])
+                for r in evaluation["rejected"]
+            ]
+            raise ApiError(422, f"{len(problems)} of {len(raws)} facts refused", problems)
+        return _json(evaluation)
+
+    @app.get(
+        "/rules/{rule_id}",
+        response_model=RuleInfo,
+        responses=_errors(404, 422),
+        tags=["Rules"],
+    )
+    def rule_info(rule_id: Annotated[str, Path(max_length=200)]) -> RuleInfo:
+        """A rule's provenance: the page a card's `source.url` points to."""
+        rule = maker.rule(rule_id)
+        if rule is None:
+            raise ApiError(404, f"no rule {rule_id!r} in rule set {engine.ruleset.name!r}")
+        rs = engine.ruleset
+        return RuleInfo(
+            id=rule.id,
+            version=rule.version,
+            title=rule.title,
+            status=rule.status,
+            sources=list(rule.sources),
+            evidence=rule.evidence,
+            explanation=" ".join(rule.explanation.split()),
+            location=rule.location,
+            ruleset=RulesetInfo(name=rs.name, version=rs.version, digest=rs.digest),
+        )
+
+    _add_fact_schemas(app)
+    return _wrap(app, settings)
+
+
+def _json(value: object) -> Response:
+    return Response(
+        json.dumps(value, ensure_ascii=False, separators=(",", ":")),
+        media_type="application/json",
+    )
+
+
+async def _in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(func, *args, **kwargs)
+
+
+def _add_fact_schemas(app: FastAPI) -> None:
+    """FactIn and FhirBundle, referenced by the fact request bodies."""
+    original: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["FactIn"] = {
+            "type": "object",
+            "description": "One fact: schemas/fact.schema.json has one definition per type.",
+            "required": ["type"],
+            "properties": {
+                "type": {"type": "string", "examples": ["observation"]},
+                "time": {"type": "string", "examples": ["2025-05-06T20:00:00Z"]},
+                "id": {"type": "string", "minLength": 1},
+                "patient": {"type": "string", "minLength": 1},
+            },
+            "additionalProperties": True,
+        }
+        components["FhirBundle"] = {
+            "type": "object",
+            "description": "A FHIR R4 Bundle, mapped by schemas/fhir-mapping.yaml.",
+            "required": ["resourceType"],
+            "properties": {
+                "resourceType": {"const": "Bundle"},
+                "entry": {"type": "array", "items": {"type": "object"}},
+            },
+            "additionalProperties": True,
+        }
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _wrap(app: FastAPI, settings: Settings) -> FastAPI:
+    app.add_middleware(BodyLimit, limit=settings.body_limit)
+    app.add_middleware(AccessLog, insecure_dev=settings.insecure_dev)
+    return app
+
+
+# --------------------------------------------------------------------------- running
+
+
+def serve(
+    engine: Engine,
+    store: FactStore,
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+) -> None:
+    """Run the service under uvicorn until interrupted."""
+    import uvicorn
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(engine, store, settings)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        access_log=False,  # uvicorn's would log paths with patient ids and query strings
+        log_config=None,
+        server_header=False,
+    )
+
+
+def run_cli(
+    engine: Engine,
+    store_target: str,
+    *,
+    host: str,
+    port: int,
+    jwks: str | None,
+    issuers: Sequence[str],
+    base_url: str | None,
+    insecure_dev: bool,
+    cache_size: int,
+    live_sessions: int = 16,
+) -> int:
+    """`cart-cds serve`: returns the exit code (2: bad options, store or keys)."""
+    import click
+
+    from engine.store import open_store
+
+    if not insecure_dev and (not jwks or not issuers):
+        click.echo(
+            "cart-cds serve: authentication needs --jwks and at least one --issuer "
+            "(--insecure-dev runs without authentication, for development only)",
+            err=True,
+        )
+        return 2
+    if insecure_dev:
+        click.echo(
+            "WARNING: --insecure-dev: NO AUTHENTICATION. Any caller can read and write "
+            "patient data. Development only; never with real patients.",
+            err=True,
+        )
+    url_host = f"[{host}]" if ":" in host else host
+    settings = Settings(
+        base_url=base_url or f"http://{url_host}:{port}",
+        jwks=jwks,
+        issuers=tuple(issuers),
+        insecure_dev=insecure_dev,
+        cache_size=cache_size,
+        live_sessions=live_sessions,
+    )
+    try:
+        store = open_store(store_target)
+    except StoreError as exc:
+        click.echo(f"cart-cds serve: --store: {exc}", err=True)
+        return 2
+    try:
+        serve(engine, store, settings, host=host, port=port)
+    except ValueError as exc:  # an unreadable JWK Set, no issuer
+        store.close()
+        click.echo(f"cart-cds serve: {exc}", err=True)
+        return 2
+    return 0

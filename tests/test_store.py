@@ -1,0 +1,276 @@
+"""The patient fact store, on SQLite and on a real PostgreSQL server, and its durability
+under a killed service."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from servers import Postgres, Service, crs_history, postgres
+
+import engine
+from engine.facts import Fact, normalise
+from engine.store import (
+    SCHEMA_VERSION,
+    ConflictError,
+    FeedbackRecord,
+    IssuedCard,
+    SqlStore,
+    StoredFact,
+    StoreError,
+    open_store,
+)
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[Postgres]:
+    with postgres() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    if request.param == "sqlite":
+        target = str(tmp_path / "facts.sqlite3")
+    else:
+        target = request.getfixturevalue("pg").new_database()
+    opened = open_store(target)
+    yield opened
+    opened.close()
+
+
+def stored(raw: dict[str, Any], patient: str = "p1") -> StoredFact:
+    fact = normalise({"patient": patient, **raw})
+    assert isinstance(fact, Fact), fact
+    return StoredFact.of(fact)
+
+
+def temp(fid: str, time: str, value: float) -> dict[str, Any]:
+    return {"id": fid, "type": "observation", "time": time, "code": "8310-5", "value": value,
+            "unit": "Cel"}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- unit
+
+
+def test_appending_the_same_fact_twice_stores_it_once(store: SqlStore) -> None:
+    first = store.append("p1", [stored(temp("t1", "2025-01-01T08:00:00Z", 37.0))])
+    again = store.append("p1", [stored(temp("t1", "2025-01-01T08:00:00Z", 37.0))])
+    assert (first.added, again.added, again.existing) == (("t1",), (), ("t1",))
+    assert store.revision("p1") == first.revision == again.revision
+    assert [f["id"] for f in store.facts("p1")] == ["t1"]
+
+
+def test_other_content_under_a_stored_id_is_refused_and_nothing_of_the_append_is_kept(
+    store: SqlStore,
+) -> None:
+    store.append("p1", [stored(temp("t1", "2025-01-01T08:00:00Z", 37.0))])
+    with pytest.raises(ConflictError) as refused:
+        store.append(
+            "p1",
+            [
+                stored(temp("t2", "2025-01-01T12:00:00Z", 38.0)),
+                stored(temp("t1", "2025-01-01T08:00:00Z", 39.5)),
+            ],
+        )
+    assert [fid for fid, _ in refused.value.conflicts] == ["t1"]
+    assert "different content" in refused.value.conflicts[0][1]
+    assert [f["value"] for f in store.facts("p1")] == [37.0]
+
+
+def test_one_id_twice_in_one_append_with_other_content_is_refused(store: SqlStore) -> None:
+    with pytest.raises(ConflictError):
+        store.append(
+            "p1",
+            [stored(temp("t1", "2025-01-01T08:00:00Z", 37.0)),
+             stored(temp("t1", "2025-01-01T08:00:00Z", 38.0))],
+        )  # fmt: skip
+    assert store.facts("p1") == []
+
+
+def test_facts_come_back_in_append_order_and_until_filters_by_fact_time(store: SqlStore) -> None:
+    store.append("p1", [stored(temp("late", "2025-01-03T08:00:00Z", 37.0))])
+    store.append("p1", [stored(temp("early", "2025-01-01T08:00:00Z", 37.1))])
+    store.append("p1", [stored(temp("mid", "2025-01-02T08:00:00Z", 37.2))])
+    assert [f["id"] for f in store.facts("p1")] == ["late", "early", "mid"]
+    until = normalise(temp("x", "2025-01-02T08:00:00Z", 0))
+    assert isinstance(until, Fact)
+    assert [f["id"] for f in store.facts("p1", until=until.t)] == ["early", "mid"]
+
+
+def test_appended_gives_the_facts_after_a_sequence_number_with_theirs(store: SqlStore) -> None:
+    store.append("p1", [stored(temp("a", "2025-01-01T08:00:00Z", 37.0))])
+    store.append("p2", [stored(temp("a", "2025-01-01T08:00:00Z", 37.0), "p2")])
+    second = store.append("p1", [stored(temp("b", "2025-01-01T09:00:00Z", 37.5))])
+    everything = store.appended("p1")
+    assert [body["id"] for _, body in everything] == ["a", "b"]
+    assert store.appended("p1", everything[0][0]) == [(second.revision.last, everything[1][1])]
+    assert store.appended("p1", second.revision.last) == []
+
+
+def test_the_stored_body_is_the_fact_with_its_assigned_id_and_patient(store: SqlStore) -> None:
+    raw = {"type": "observation", "time": "2025-01-01", "code": "8310-5", "value": 100.4,
+           "unit": "[degF]"}  # fmt: skip
+    result = store.append("p1", [stored(raw)])
+    (body,) = store.facts("p1")
+    assert body == {**raw, "id": result.added[0], "patient": "p1"}
+    again, first = normalise(body), normalise({**raw, "patient": "p1"})
+    assert isinstance(again, Fact) and isinstance(first, Fact)
+    assert again.as_dict() == first.as_dict()
+
+
+def test_many_patients_are_kept_apart_with_their_own_revision(store: SqlStore) -> None:
+    for n in range(200):
+        store.append(f"p{n}", [stored(temp("t1", "2025-01-01T08:00:00Z", 36 + n / 100), f"p{n}")])
+    assert store.revision("p7").count == 1
+    assert store.revision("nobody").count == 0
+    assert [f["value"] for f in store.facts("p150")] == [37.5]
+    assert {store.revision(f"p{n}").last for n in range(200)} == set(range(1, 201))
+
+
+def test_the_revision_changes_only_when_a_patients_facts_change(store: SqlStore) -> None:
+    before = store.revision("p1")
+    store.append("p1", [stored(temp("t1", "2025-01-01T08:00:00Z", 37.0))])
+    after = store.revision("p1")
+    store.append("p2", [stored(temp("t1", "2025-01-01T08:00:00Z", 37.0), "p2")])
+    store.append("p1", [stored(temp("t1", "2025-01-01T08:00:00Z", 37.0))])
+    assert before != after == store.revision("p1")
+
+
+def test_issued_cards_are_kept_by_uuid_and_feedback_is_kept_once(store: SqlStore) -> None:
+    card = IssuedCard("u-1", "svc", "p1", "recommendation", "CRS_SUPPORTIVE_CARE", "crs.x", 2,
+                      "ab" * 32, ("t1", "t2"))  # fmt: skip
+    store.issue_cards([card, card])
+    item = FeedbackRecord(
+        service="svc",
+        card="u-1",
+        outcome="overridden",
+        outcome_timestamp="2025-01-01T10:00:00Z",
+        override_reason={"code": "clinical-judgement", "display": "Clinical judgement"},
+        user_comment="already on it",
+    )
+    assert store.record_feedback([item]) == 1
+    assert store.record_feedback([item]) == 0
+    assert store.card("u-1") == card
+    assert store.card("u-2") is None
+    (kept,) = store.feedback("u-1")
+    assert (kept.outcome, kept.user_comment, kept.override_reason) == (
+        "overridden",
+        "already on it",
+        {"code": "clinical-judgement", "display": "Clinical judgement"},
+    )
+
+
+def test_reopening_a_store_keeps_its_facts_and_its_schema_version(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sqlite3")
+    first = open_store(path)
+    first.append("p1", [stored(temp("t1", "2025-01-01T08:00:00Z", 37.0))])
+    first.close()
+    again = open_store(path)
+    assert again.schema_version == SCHEMA_VERSION
+    assert [f["id"] for f in again.facts("p1")] == ["t1"]
+    again.close()
+
+
+def test_a_store_from_a_newer_cart_cds_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    open_store(str(path)).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE schema_version SET version = 99 WHERE component = 'store'")
+    with pytest.raises(StoreError, match="schema version 99"):
+        open_store(str(path))
+
+
+def test_an_unknown_store_scheme_or_a_missing_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="unknown store scheme 'mysql'"):
+        open_store("mysql://x/y")
+    with pytest.raises(StoreError, match="no directory"):
+        open_store(str(tmp_path / "missing" / "s.sqlite3"))
+
+
+# --------------------------------------------------------------------------- killed service
+
+
+def _kill_while_appending(service: Service, cds: engine.Engine) -> None:
+    """Append batches in a loop from a thread, SIGKILL the service mid-stream, restart it:
+    every acknowledged fact is there, every batch is all or nothing, and the evaluation is
+    the one computed from scratch from the stored facts."""
+    patient = "kill-1"
+    history = crs_history(patient, days=12)
+    batches = [history[i : i + 3] for i in range(0, len(history), 3)]
+    acked: list[str] = []
+    attempted: list[list[str]] = []
+    stop = threading.Event()
+    enough = threading.Event()
+
+    def append_loop() -> None:
+        with httpx.Client(base_url=service.base_url, timeout=10.0) as client:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                attempted.append([f["id"] for f in batch])
+                try:
+                    r = client.post(f"/patients/{patient}/facts", json=batch)
+                except httpx.HTTPError:
+                    return
+                assert r.status_code == 200, r.text
+                acked.extend(f["id"] for f in batch)
+                if len(acked) >= 30:
+                    enough.set()
+
+    with service.client() as warm:  # the first append, before the thread, pays the start-up
+        assert warm.post(f"/patients/{patient}/facts", json=[]).status_code == 200
+    thread = threading.Thread(target=append_loop)
+    thread.start()
+    assert enough.wait(60), "no appends were acknowledged"
+    service.kill()
+    stop.set()
+    thread.join(30)
+    assert len(acked) < len(history), "the kill came after the last append"
+
+    service.start()
+    try:
+        with service.client() as client:
+            r = client.get(f"/patients/{patient}/facts")
+            assert r.status_code == 200, r.text
+            facts = r.json()["facts"]
+            ids = {f["id"] for f in facts}
+            assert set(acked) <= ids
+            for batch_ids in attempted:
+                assert set(batch_ids) <= ids or not set(batch_ids) & ids
+            served = client.get(f"/patients/{patient}/evaluation").json()
+    finally:
+        service.stop()
+    fresh = cds.evaluate(facts)
+    assert served["findings"] == fresh["findings"]
+    assert served["recommendations"] == fresh["recommendations"]
+    assert served["rejected"] == []
+
+
+@pytest.mark.slow
+def test_a_killed_service_loses_no_acknowledged_fact_on_sqlite(
+    tmp_path: Path, cds: engine.Engine
+) -> None:
+    service = Service(store=str(tmp_path / "facts.sqlite3"), workdir=tmp_path, insecure_dev=True)
+    service.start()
+    try:
+        _kill_while_appending(service, cds)
+    finally:
+        service.kill()
+
+
+@pytest.mark.slow
+def test_a_killed_service_loses_no_acknowledged_fact_on_postgresql(
+    tmp_path: Path, cds: engine.Engine, pg: Postgres
+) -> None:
+    service = Service(store=pg.new_database(), workdir=tmp_path, insecure_dev=True)
+    service.start()
+    try:
+        _kill_while_appending(service, cds)
+    finally:
+        service.kill()
