@@ -15,7 +15,12 @@ from engine.compile import CompiledRuleset, compile_ruleset
 from engine.facts import Fact, Rejection, normalise
 from engine.ruleset import RuleSet, Scalar
 from engine.run import Session, iso
-from engine.validate import digest_of, read_rule_files, validate_documents
+from engine.validate import (
+    digest_of_sources,
+    parse_rule_sources,
+    read_rule_sources,
+    validate_documents,
+)
 
 DURABLE_RULES_VERSION = "2.0.28"
 
@@ -32,9 +37,14 @@ def load_rules(
     `{"label_regime": "PRE_2025_REMS"}`. Raises `RuleSetError` listing every problem.
     """
     base = Path(directory) if directory is not None else rules_dir()
-    docs = read_rule_files(base)
+    sources = read_rule_sources(base)
+    docs = parse_rule_sources(sources, base.name)
     ruleset = validate_documents(
-        docs, digest=digest_of(base), overrides=policy, include_drafts=include_drafts
+        docs,
+        digest=digest_of_sources(sources),
+        overrides=policy,
+        include_drafts=include_drafts,
+        sources=sources,
     )
     return Engine(compile_ruleset(ruleset))
 

@@ -157,6 +157,8 @@ class RuleSet:
     actions: Mapping[str, Action]
     valuesets: Mapping[str, tuple[Scalar, ...]]
     overrides: Mapping[str, Scalar] = field(default_factory=dict)
+    # the rule files as read (name -> text): what the digest is over, for the audit log
+    sources: Mapping[str, str] = field(default_factory=dict)
 
     def policy(self) -> dict[str, Scalar]:
         """The policy parameter values in force (defaults with overrides applied)."""

@@ -22,7 +22,7 @@ import jsonschema
 
 from engine._resources import schemas_dir
 from engine._schema_errors import schema_problems
-from engine._yaml import YamlDoc, load_yaml_file
+from engine._yaml import YamlDoc, load_yaml
 from engine.errors import Problem, RuleSetError
 from engine.ruleset import (
     Action,
@@ -62,20 +62,33 @@ def suggest(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-def read_rule_files(rules_dir: str | Path) -> list[YamlDoc]:
-    """Read every `*.yaml` file of a rules directory, in name order."""
+def read_rule_sources(rules_dir: str | Path) -> dict[str, bytes]:
+    """The bytes of every `*.yaml` file of a rules directory, by file name, in name order.
+    Read once: the digest and the parsed documents come from the same bytes."""
     base = Path(rules_dir)
     if not base.is_dir():
         raise RuleSetError([Problem(f"rules directory {str(base)!r} does not exist")])
     paths = sorted(base.glob("*.yaml"))
     if not paths:
         raise RuleSetError([Problem(f"no *.yaml rule files in {str(base)!r}")])
+    return {path.name: path.read_bytes() for path in paths}
+
+
+def parse_rule_sources(sources: Mapping[str, bytes], label: str) -> list[YamlDoc]:
+    """Parse rule files read by `read_rule_sources`; `label` prefixes file names in messages."""
     docs: list[YamlDoc] = []
     problems: list[Problem] = []
-    for path in paths:
-        display = f"{base.name}/{path.name}"
+    for name, data in sources.items():
+        display = f"{label}/{name}"
         try:
-            docs.append(load_yaml_file(path, display_name=display))
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(
+                Problem(f"file is not valid UTF-8 (byte {data[exc.start]:#04x})", display)
+            )
+            continue
+        try:
+            docs.append(load_yaml(text, display))
         except RuleSetError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -83,14 +96,24 @@ def read_rule_files(rules_dir: str | Path) -> list[YamlDoc]:
     return docs
 
 
-def digest_of(rules_dir: str | Path) -> str:
+def read_rule_files(rules_dir: str | Path) -> list[YamlDoc]:
+    """Read and parse every `*.yaml` file of a rules directory, in name order."""
+    return parse_rule_sources(read_rule_sources(rules_dir), Path(rules_dir).name)
+
+
+def digest_of_sources(sources: Mapping[str, bytes]) -> str:
     """sha256 over the rule files' names and bytes, in name order."""
     h = hashlib.sha256()
-    for path in sorted(Path(rules_dir).glob("*.yaml")):
-        h.update(path.name.encode("utf-8") + b"\0")
-        h.update(path.read_bytes())
+    for name in sorted(sources):
+        h.update(name.encode("utf-8") + b"\0")
+        h.update(sources[name])
         h.update(b"\0")
     return h.hexdigest()
+
+
+def digest_of(rules_dir: str | Path) -> str:
+    """sha256 over the rule files' names and bytes, in name order."""
+    return digest_of_sources(read_rule_sources(rules_dir))
 
 
 @dataclass
@@ -119,6 +142,7 @@ def validate_documents(
     overrides: Mapping[str, Scalar] | None = None,
     include_drafts: bool = False,
     vocabulary: Vocabulary | None = None,
+    sources: Mapping[str, bytes] | None = None,
 ) -> RuleSet:
     """Check the documents and build the `RuleSet`, or raise `RuleSetError` with every problem."""
     ctx = _Context(vocabulary or default_vocabulary())
@@ -205,6 +229,7 @@ def validate_documents(
         actions=dict(ctx.actions),
         valuesets=dict(ctx.valuesets),
         overrides=dict(overrides or {}),
+        sources={k: v.decode("utf-8") for k, v in (sources or {}).items()},
     )
 
 
