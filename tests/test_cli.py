@@ -165,3 +165,23 @@ def test_the_installed_console_script_runs() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "crs: grade=0" in done.stdout
+
+
+def test_docs_policy_md_is_the_generated_list_of_policy_parameters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "policy", "--format", "markdown")
+    assert code == 0
+    assert (REPO / "docs" / "policy.md").read_text(encoding="utf-8") == out, (
+        "regenerate: cart-cds policy --format markdown > docs/policy.md"
+    )
+
+
+def test_policy_lists_each_parameter_with_its_value_and_place(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "policy", "--policy", "label_regime=PRE_2025_REMS_LABEL")
+    assert code == 0
+    line = next(x for x in out.splitlines() if x.startswith("label_regime = "))
+    assert line.startswith("label_regime = PRE_2025_REMS_LABEL (choices: ")
+    assert "[C-14]" in line and "rules/policy-monitoring.yaml:" in line
