@@ -151,6 +151,25 @@ class ScenarioResult:
 EngineFactory = Callable[[Mapping[str, Any]], Any]  # policy overrides -> Engine
 
 
+def engine_factory(
+    rules: str | Path | None = None, policy: Mapping[str, Any] | None = None
+) -> EngineFactory:
+    """Engines for the rules under `policy` plus a scenario's overrides, each compiled once."""
+    from engine.api import load_rules
+
+    base = dict(policy or {})
+    engines: dict[str, Any] = {}
+
+    def factory(overrides: Mapping[str, Any]) -> Any:
+        merged = {**base, **overrides}
+        key = json.dumps(merged, sort_keys=True)
+        if key not in engines:
+            engines[key] = load_rules(rules, policy=merged)
+        return engines[key]
+
+    return factory
+
+
 class _Run:
     """Evaluates one scenario on demand (cached per time point and policy) and compares."""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine.scenarios import Scenario, load_scenarios, run_scenario
+from engine.scenarios import Scenario, engine_factory, load_scenarios, run_scenario
 
 HERE = Path(__file__).resolve().parent
 OWN_FILES = [HERE / "scenarios" / "bridging.yaml", HERE / "scenarios" / "lymphodepletion.yaml"]
@@ -27,13 +26,7 @@ ANCHOR = datetime(2025, 9, 1, tzinfo=UTC)  # D0
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@cache
-def _engine(policy: tuple[tuple[str, Any], ...]) -> engine.Engine:
-    return engine.load_rules(policy=dict(policy))
-
-
-def factory(policy: dict[str, Any]) -> engine.Engine:
-    return _engine(tuple(sorted(policy.items())))
+factory = engine_factory()
 
 
 def cds() -> engine.Engine:

@@ -6,7 +6,6 @@ small oracles; never from the engine's output.
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine.scenarios import Scenario, load_scenarios, run_scenario
+from engine.scenarios import Scenario, engine_factory, load_scenarios, run_scenario
 
 HERE = Path(__file__).resolve().parent
 OWN_FILES = [HERE / "scenarios" / "eligibility.yaml", HERE / "scenarios" / "workup.yaml"]
@@ -34,13 +33,7 @@ LBCL_HISTOLOGIES = [
 ]
 
 
-@cache
-def _engine(policy: tuple[tuple[str, Any], ...]) -> engine.Engine:
-    return engine.load_rules(policy=dict(policy))
-
-
-def factory(policy: dict[str, Any]) -> engine.Engine:
-    return _engine(tuple(sorted(policy.items())))
+factory = engine_factory()
 
 
 def cds() -> engine.Engine:

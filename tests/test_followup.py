@@ -8,7 +8,6 @@ and an ICAHT oracle written here from the reference's definitions (`early_oracle
 from __future__ import annotations
 
 import datetime as dt
-import json
 import random
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -19,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine.scenarios import Scenario, load_scenarios, run_scenario
+from engine.scenarios import Scenario, engine_factory, load_scenarios, run_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 OWN_SCENARIOS = REPO / "tests" / "scenarios" / "followup.yaml"
@@ -35,15 +34,7 @@ INFUSION = {
     "time": "2025-06-02T06:00:00Z",
 }
 
-_ENGINES: dict[str, engine.Engine] = {}
-
-
-def engine_for(policy: Mapping[str, Any]) -> engine.Engine:
-    """The bundled rules under a policy, compiled once per policy."""
-    key = json.dumps(dict(policy), sort_keys=True)
-    if key not in _ENGINES:
-        _ENGINES[key] = engine.load_rules(policy=dict(policy))
-    return _ENGINES[key]
+engine_for = engine_factory()
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ ASTCT table written here from the reference (`astct_domains`), never from the ru
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine.scenarios import Scenario, load_scenarios, run_scenario
+from engine.scenarios import Scenario, engine_factory, load_scenarios, run_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 OWN_SCENARIOS = REPO / "tests" / "scenarios" / "icans.yaml"
@@ -33,15 +32,7 @@ INFUSION = {
     "time": INFUSION_TIME,
 }
 
-_ENGINES: dict[str, engine.Engine] = {}
-
-
-def engine_for(policy: Mapping[str, Any]) -> engine.Engine:
-    """The bundled rules under a policy, compiled once per policy."""
-    key = json.dumps(dict(policy), sort_keys=True)
-    if key not in _ENGINES:
-        _ENGINES[key] = engine.load_rules(policy=dict(policy))
-    return _ENGINES[key]
+engine_for = engine_factory()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine.scenarios import Scenario, load_scenarios, run_scenario
+from engine.scenarios import Scenario, engine_factory, load_scenarios, run_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 OWN_SCENARIOS = REPO / "tests" / "scenarios" / "monitoring.yaml"
@@ -25,15 +25,7 @@ REFERENCE_SCENARIOS = REPO / "docs" / "reference" / "example-scenarios.yaml"
 REFERENCE_IDS = ["V38"]
 REGIMES = ("FDA_2025_06", "PRE_2025_REMS_LABEL", "UK_SMPC")
 
-_ENGINES: dict[tuple[tuple[str, Any], ...], engine.Engine] = {}
-
-
-def engine_for(policy: Mapping[str, Any]) -> engine.Engine:
-    """The bundled rules under these policy overrides, compiled once per module."""
-    key = tuple(sorted(policy.items()))
-    if key not in _ENGINES:
-        _ENGINES[key] = engine.load_rules(policy=dict(policy))
-    return _ENGINES[key]
+engine_for = engine_factory()
 
 
 def describe_failures(result: Any) -> str:

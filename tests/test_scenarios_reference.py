@@ -3,14 +3,11 @@ CRS edge cases (tests/scenarios/crs.yaml) pass, with no expected key left unchec
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-import engine
-from engine.scenarios import Scenario, load_scenarios, report_text, run_scenario
+from engine.scenarios import Scenario, engine_factory, load_scenarios, report_text, run_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = [
@@ -20,13 +17,7 @@ FILES = [
 SCENARIOS = [s for f in FILES for s in load_scenarios(f)]
 
 
-@cache
-def _engine(key: tuple[tuple[str, Any], ...]) -> engine.Engine:
-    return engine.load_rules(policy=dict(key))
-
-
-def factory(policy: Any) -> engine.Engine:
-    return _engine(tuple(sorted(policy.items())))
+factory = engine_factory()
 
 
 @pytest.mark.parametrize("sc", SCENARIOS, ids=[s.id for s in SCENARIOS])
