@@ -189,19 +189,10 @@ def scenario_run(
 ) -> None:
     """Evaluate every scenario of PATH (a file or a directory of *.yaml) and compare each
     expected value with what came out; exit 1 on any mismatch."""
-    from functools import cache
+    from engine.scenarios import engine_factory, load_scenarios, report_text, run_scenario
 
-    from engine.scenarios import load_scenarios, report_text, run_scenario
-
-    base = _parse_policy(policy)
     _load(rules, policy)  # report rule problems once, before any scenario runs
-
-    @cache
-    def engine_for(key: tuple[tuple[str, Any], ...]) -> Engine:
-        return load_rules(rules, policy=dict(key))
-
-    def factory(overrides: Any) -> Engine:
-        return engine_for(tuple(sorted({**base, **overrides}.items())))
+    factory = engine_factory(rules, _parse_policy(policy))
 
     scenarios = [s for s in load_scenarios(path) if not only or s.id in only]
     results = [run_scenario(s, factory) for s in scenarios]
@@ -219,10 +210,12 @@ def scenario_run(
 @click.option(
     "--store",
     "store",
-    default="cart-cds.sqlite3",
+    default="cart-cds.sqlite",
+    envvar="CART_CDS_STORE",
     show_default=True,
     metavar="PATH_OR_URL",
-    help="The fact store: a SQLite file path, or a postgresql:// URL.",
+    help="The fact store and decision log: a SQLite file path, or a postgresql:// URL "
+    "(default: $CART_CDS_STORE, else ./cart-cds.sqlite, as `cart-cds audit`).",
 )
 @RULES_OPTION
 @POLICY_OPTION
@@ -286,6 +279,223 @@ def policy(rules: str | None, policy: tuple[str, ...], fmt: str) -> None:
             click.echo(
                 f"{r['name']} = {scalar_text(r['value'])}{unit}{other}{conflict}  {r['location']}"
             )
+
+
+@cli.command("explain")
+@click.argument("facts", type=click.Path(allow_dash=True))
+@click.option(
+    "--as-of", "as_of", default=None, help="Logical time (ISO 8601); default: latest fact."
+)
+@RULES_OPTION
+@POLICY_OPTION
+@click.option("--why-not", "why_not_rule", metavar="RULE_ID", help="Why did this rule not fire?")
+@click.option(
+    "--code", "codes", multiple=True, metavar="CODE", help="Explain only this recommendation."
+)
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    metavar="OUT.html",
+    help="Write a self-contained HTML report (chart, chains, withdrawals) to this file.",
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def explain_command(
+    facts: str,
+    as_of: str | None,
+    rules: str | None,
+    policy: tuple[str, ...],
+    why_not_rule: str | None,
+    codes: tuple[str, ...],
+    html_out: str | None,
+    fmt: str,
+) -> None:
+    """Explain FACTS: each recommendation's chain of rules and facts (docs/explain.md)."""
+    from engine.explain import explain, why_not_at
+    from engine.html_report import render_html, timeline_as_of
+
+    if why_not_rule is not None and html_out is not None:
+        raise click.UsageError("--why-not prints one rule's answer; drop --html")
+    engine = _load(rules, policy)
+    raw = _read_facts(facts)
+    try:
+        if why_not_rule is not None:
+            answer = why_not_at(engine, raw, why_not_rule, as_of=as_of)
+            click.echo(to_json(answer.as_dict()) if fmt == "json" else answer.text())
+            return
+        if html_out is not None:
+            steps = timeline_as_of(engine, raw, as_of)
+            if not steps:
+                raise click.UsageError(f"{facts}: no facts to report")
+            try:
+                Path(html_out).write_text(render_html(steps, raw, engine), encoding="utf-8")
+            except OSError as exc:
+                raise click.FileError(html_out, hint=exc.strerror or str(exc)) from exc
+            click.echo(f"wrote {html_out}", err=True)
+            return
+        evaluation = engine.evaluate(raw, as_of=as_of)
+        explanation = explain(evaluation, raw, engine, codes=codes or None)
+    except ValueError as exc:  # a malformed --as-of
+        raise click.BadParameter(str(exc), param_hint="--as-of") from exc
+    click.echo(to_json(explanation.as_dict()) if fmt == "json" else explanation.text())
+
+
+# --------------------------------------------------------------------------- audit
+
+AUDIT_STORE_OPTION = click.option(
+    "--store",
+    "store",
+    default=None,
+    metavar="PATH_OR_URL",
+    help="The store: a SQLite file or a postgresql:// URL "
+    "(default: $CART_CDS_STORE, else ./cart-cds.sqlite).",
+)
+AUDIT_FORMAT_OPTION = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text"
+)
+
+
+class _AuditGroup(click.Group):
+    """Exit codes of the audit commands: 2 for no such store or decision, 1 for a log
+    that cannot be used (a missing or altered rule set, a broken head)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from engine.audit import AuditError, DecisionNotFound
+        from engine.store import StoreError
+
+        try:
+            return super().invoke(ctx)
+        except (AuditError, StoreError) as exc:
+            click.echo(f"cart-cds audit: {exc}", err=True)
+            code = 1 if isinstance(exc, AuditError) and not isinstance(exc, DecisionNotFound) else 2
+            raise SystemExit(code) from exc
+
+
+@cli.group(cls=_AuditGroup)
+def audit() -> None:
+    """The decision log: record evaluations, verify the chain, replay (docs/audit.md)."""
+
+
+@audit.command("record")
+@click.argument("facts", type=click.Path(allow_dash=True))
+@AUDIT_STORE_OPTION
+@click.option(
+    "--as-of", "as_of", default=None, help="Logical time (ISO 8601); default: latest fact."
+)
+@RULES_OPTION
+@POLICY_OPTION
+@click.option("--patient", default=None, metavar="ID", help="The patient the facts are of.")
+def audit_record(
+    facts: str,
+    store: str | None,
+    as_of: str | None,
+    rules: str | None,
+    policy: tuple[str, ...],
+    patient: str | None,
+) -> None:
+    """Evaluate FACTS and append the evaluation to the decision log; prints its id."""
+    from engine.audit import open_log
+
+    engine = _load(rules, policy)
+    raw = _read_facts(facts)
+    with open_log(store, create=True) as log:
+        try:
+            decision, evaluation = log.record(engine, raw, as_of=as_of, patient=patient)
+        except ValueError as exc:  # a malformed --as-of
+            raise click.BadParameter(str(exc), param_hint="--as-of") from exc
+    click.echo(f"recorded decision {decision.id} as record {decision.seq}")
+    if evaluation["rejected"]:
+        click.echo(f"{len(evaluation['rejected'])} fact(s) rejected (recorded too)", err=True)
+
+
+@audit.command("verify")
+@AUDIT_STORE_OPTION
+@AUDIT_FORMAT_OPTION
+def audit_verify(store: str | None, fmt: str) -> None:
+    """Check the hash chain, the head and the stored rule sets; exit 1 naming the first
+    bad record. Prints the head hash: compare it with a copy kept elsewhere."""
+    from engine.audit import open_log
+
+    with open_log(store) as log:
+        result = log.verify()
+    click.echo(to_json(result.as_dict()) if fmt == "json" else result.text())
+    if not result.ok:
+        raise SystemExit(1)
+
+
+@audit.command("replay")
+@click.argument("decision", metavar="ID")
+@AUDIT_STORE_OPTION
+@click.option(
+    "--rules",
+    "rules",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Replay under these rules (default: the rule set recorded with the decision).",
+)
+@AUDIT_FORMAT_OPTION
+def audit_replay(decision: str, store: str | None, rules: str | None, fmt: str) -> None:
+    """Re-evaluate decision ID and compare: exit 0 if identical, 1 if different."""
+    from engine.audit import open_log
+
+    with open_log(store) as log:
+        try:
+            result = log.replay(decision, rules=rules)
+        except RuleSetError as exc:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            click.echo(f"{len(exc.problems)} problem(s) in the rules", err=True)
+            raise SystemExit(1) from exc
+    click.echo(to_json(result.as_dict()) if fmt == "json" else result.text())
+    if not result.identical:
+        raise SystemExit(1)
+
+
+@audit.command("show")
+@click.argument("decision", metavar="ID")
+@AUDIT_STORE_OPTION
+@AUDIT_FORMAT_OPTION
+def audit_show(decision: str, store: str | None, fmt: str) -> None:
+    """Show a recorded decision: facts, rules, engine, evaluation, hashes."""
+    from engine.audit import open_log
+
+    with open_log(store) as log:
+        found = log.get(decision)
+    click.echo(to_json(found.as_dict()) if fmt == "json" else found.text())
+
+
+@audit.command("list")
+@AUDIT_STORE_OPTION
+@click.option("--patient", default=None, metavar="ID", help="Only this patient's decisions.")
+@AUDIT_FORMAT_OPTION
+def audit_list(store: str | None, patient: str | None, fmt: str) -> None:
+    """List the recorded decisions in order: seq, id, time, patient, as_of, rules."""
+    from engine.audit import open_log
+
+    with open_log(store) as log:
+        found = list(log.decisions(patient=patient))
+    if fmt == "json":
+        click.echo(
+            to_json(
+                [
+                    {
+                        "seq": d.seq,
+                        "id": d.id,
+                        "recorded_at": d.recorded_at,
+                        "patient": d.patient,
+                        "as_of": d.evaluation.get("as_of"),
+                        "ruleset": dict(d.ruleset),
+                        "hash": d.hash,
+                    }
+                    for d in found
+                ]
+            )
+        )
+        return
+    for d in found:
+        click.echo(d.summary())
+    click.echo(f"{len(found)} decision(s)", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,8 @@
   answered after the commit), `GET /patients/{id}/facts`,
   `GET /patients/{id}/evaluation[?as_of=T]`, `POST /evaluate`;
 - `GET /rules/{rule_id}`: a rule's provenance (the cards' `source.url`; public);
+- `?record=true` on the two evaluation routes: the evaluation is appended to the decision
+  log (`engine.audit`) and its id returned (`decision_id`, `X-Decision-Id`);
 - `GET /openapi.json`, `/docs`.
 
 Evaluation: per request, from the stored facts (plus prefetched FHIR data and draft
@@ -48,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.api import Engine
+from engine.audit import AuditError, DecisionLog
 from engine.auth import AuthError, Client, KeySet, Verifier
 from engine.cards import Card, CardMaker, Coding, OrderError, Rendered, SuggestionAction
 from engine.cards import draft_orders as parse_draft_orders
@@ -59,6 +62,7 @@ from engine.store import (
     ConflictError,
     FactStore,
     FeedbackRecord,
+    SqlStore,
     StoredFact,
     StoreError,
 )
@@ -306,6 +310,11 @@ class Evaluation(BaseModel):
     recommendations: list[RecommendationOut]
     trace: list[dict[str, Any]]
     rejected: list[RejectedOut]
+    decision_id: str | None = Field(
+        default=None,
+        description="With record=true: the id of the decision appended to the audit log "
+        "(docs/audit.md); also in the X-Decision-Id header.",
+    )
 
 
 class RuleInfo(BaseModel):
@@ -911,6 +920,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         engine, store, settings.cache_size, settings.max_sessions, settings.live_sessions
     )
     maker = CardMaker(engine, base_url)
+    decisions = DecisionLog(store) if isinstance(store, SqlStore) else None
     verifier: Verifier | None = None
     if not settings.insecure_dev:
         if not settings.jwks or not settings.issuers:
@@ -1255,6 +1265,27 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         ),
     ]
 
+    Record = Annotated[
+        bool,
+        Query(description="Append the evaluation to the decision log (docs/audit.md)."),
+    ]
+
+    def recorded(
+        evaluation: dict[str, Any], facts: Sequence[object], as_of: str | None, patient: str | None
+    ) -> Response:
+        """The evaluation, appended to the decision log: its id in the body and a header."""
+        if decisions is None:
+            raise ApiError(503, "this store keeps no decision log")
+        try:
+            decision = decisions.append(
+                engine.ruleset, facts, evaluation, as_of=as_of, patient=patient
+            )
+        except AuditError as exc:
+            raise ApiError(503, f"decision log: {exc}") from exc
+        response = _json({**evaluation, "decision_id": decision.id})
+        response.headers["X-Decision-Id"] = decision.id
+        return response
+
     def check_as_of(as_of: str | None) -> str | None:
         if as_of is None:
             return None
@@ -1271,10 +1302,19 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         responses=_errors(401, 404, 422, 503),
         tags=["Facts"],
     )
-    def patient_evaluation(patient_id: PatientId, _caller: Caller, as_of: AsOf = None) -> Any:
+    def patient_evaluation(
+        patient_id: PatientId, _caller: Caller, as_of: AsOf = None, record: Record = False
+    ) -> Any:
         """The patient's current evaluation (findings, recommendations, trace) from the
-        stored facts, as of `as_of`."""
+        stored facts, as of `as_of`; with `record=true`, appended to the decision log."""
         when = check_as_of(as_of)
+        if record:  # no cache: the facts recorded are the facts evaluated
+            until = parse_time(when)[1] if when is not None else None
+            facts = store.facts(patient_id, until=until)
+            if not facts and store.revision(patient_id).count == 0:
+                raise ApiError(404, "no facts stored for this patient")
+            evaluation = evaluator.run(facts, as_of=when, patient=patient_id)
+            return recorded(evaluation, facts, when, patient_id)
         evaluation, stored = evaluator.rebuild(patient_id, as_of=when)
         if stored == 0 and store.revision(patient_id).count == 0:
             raise ApiError(404, "no facts stored for this patient")
@@ -1283,12 +1323,15 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
     @app.post(
         "/evaluate",
         response_model=Evaluation,
-        responses=_errors(400, 401, 413, 415, 422),
+        responses=_errors(400, 401, 413, 415, 422, 503),
         openapi_extra=facts_body,
         tags=["Facts"],
     )
-    async def evaluate(request: Request, _caller: Caller, as_of: AsOf = None) -> Any:
-        """Evaluate one patient's facts without storing them. Refused (422) if any fact is."""
+    async def evaluate(
+        request: Request, _caller: Caller, as_of: AsOf = None, record: Record = False
+    ) -> Any:
+        """Evaluate one patient's facts without storing them. Refused (422) if any fact is.
+        With `record=true`, the facts and the evaluation go to the decision log."""
         when = check_as_of(as_of)
         raws, _unused = await _read_fact_body(request)
         evaluation = await _in_thread(evaluator.run, raws, as_of=when, patient=None)
@@ -1298,6 +1341,8 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
                 for r in evaluation["rejected"]
             ]
             raise ApiError(422, f"{len(problems)} of {len(raws)} facts refused", problems)
+        if record:
+            return await _in_thread(recorded, evaluation, raws, when, None)
         return _json(evaluation)
 
     @app.get(

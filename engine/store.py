@@ -12,8 +12,9 @@ SQLite (a file path, the default; WAL journal, `synchronous=FULL`) and PostgreSQ
 - `cards`: the cards the service issued (uuid -> rule, version, code, rule set digest,
   the facts they rest on), so feedback can be joined back to the rule version.
 - `feedback`: what clinicians did with the cards (accepted / overridden and why).
-- `schema_version`: one row per component. Later issues add the hash-chained decision
-  log and content-addressed rule sets as new migrations of the `store` component.
+- `schema_version`: one row per component.
+- `decisions` and `decision_head` (version 2): the hash-chained decision log of
+  `engine.audit`; `rulesets` (version 3): rule sets stored by digest, for replay.
 
 The store knows nothing of rules: it never evaluates. `Revision` (fact count and last
 sequence number of one patient) changes whenever the patient's facts change, so a
@@ -51,7 +52,7 @@ __all__ = [
     "open_store",
 ]
 
-SCHEMA_VERSION = 1  # of the `store` component
+SCHEMA_VERSION = 3  # of the `store` component
 _CHUNK = 500  # ids per IN (...) list
 _PG_POOL = 4  # connections per PostgreSQL store
 
@@ -385,8 +386,55 @@ def _ddl(dialect: str) -> list[str]:
     ]
 
 
+def _decision_log_ddl(dialect: str) -> list[str]:
+    """Version 2: the hash-chained decision log (`engine.audit` reads and writes it).
+
+    `decisions`: one row per recorded evaluation; `content` is the canonical JSON the
+    hash is over (with its own `seq` and `id`), so the other columns only index it.
+    `decision_head`: one row (id 1), the record count and the last hash, updated in the
+    same transaction as each append, so a truncated log is detected."""
+    seq = "INTEGER" if dialect == "sqlite" else "BIGINT"
+    return [
+        f"""CREATE TABLE IF NOT EXISTS decisions (
+            seq {seq} PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            patient TEXT,
+            ruleset_digest TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            content TEXT NOT NULL,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS decisions_by_patient ON decisions (patient, seq)",
+        f"""CREATE TABLE IF NOT EXISTS decision_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            count {seq} NOT NULL,
+            last_hash TEXT NOT NULL,
+            updated_at TEXT NOT NULL)""",
+        # the empty log: no record, the genesis hash (engine.audit.GENESIS)
+        "INSERT INTO decision_head (id, count, last_hash, updated_at) "
+        f"VALUES (1, 0, '{'0' * 64}', '') ON CONFLICT (id) DO NOTHING",
+    ]
+
+
+def _ruleset_ddl(dialect: str) -> list[str]:
+    """Version 3: rule sets by digest (`files`: canonical JSON, file name -> text), so a
+    recorded decision replays under the rules that made it after the files changed."""
+    return [
+        """CREATE TABLE IF NOT EXISTS rulesets (
+            digest TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            version TEXT NOT NULL,
+            files TEXT NOT NULL,
+            stored_at TEXT NOT NULL)""",
+    ]
+
+
 # Migration n brings the `store` component from version n - 1 to n.
-_MIGRATIONS: dict[int, Callable[[str], list[str]]] = {1: _ddl}
+_MIGRATIONS: dict[int, Callable[[str], list[str]]] = {
+    1: _ddl,
+    2: _decision_log_ddl,
+    3: _ruleset_ddl,
+}
 
 
 def _now() -> str:
@@ -412,6 +460,12 @@ class SqlStore:
     @property
     def schema_version(self) -> int:
         return self._version
+
+    @property
+    def backend(self) -> _Backend:
+        """The database, for other components kept in this store (`engine.audit`):
+        `transaction()` and `read()` yield `run(sql, params)`; `dialect` names it."""
+        return self._b
 
     def _migrate(self) -> int:
         with self._b.transaction() as run:
