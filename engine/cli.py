@@ -282,7 +282,21 @@ def policy(rules: str | None, policy: tuple[str, ...], fmt: str) -> None:
 
 
 @cli.command("explain")
-@click.argument("facts", type=click.Path(allow_dash=True))
+@click.argument("facts", type=click.Path(allow_dash=True), required=False)
+@click.option(
+    "--decision",
+    "decision",
+    default=None,
+    metavar="ID",
+    help="Explain a recorded decision of the audit log instead of a facts file.",
+)
+@click.option(
+    "--store",
+    "store",
+    default=None,
+    metavar="PATH_OR_URL",
+    help="The decision log's store (default: $CART_CDS_STORE, else ./cart-cds.sqlite).",
+)
 @click.option(
     "--as-of", "as_of", default=None, help="Logical time (ISO 8601); default: latest fact."
 )
@@ -302,7 +316,9 @@ def policy(rules: str | None, policy: tuple[str, ...], fmt: str) -> None:
 )
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def explain_command(
-    facts: str,
+    facts: str | None,
+    decision: str | None,
+    store: str | None,
     as_of: str | None,
     rules: str | None,
     policy: tuple[str, ...],
@@ -311,14 +327,22 @@ def explain_command(
     html_out: str | None,
     fmt: str,
 ) -> None:
-    """Explain FACTS: each recommendation's chain of rules and facts (docs/explain.md)."""
+    """Explain FACTS, or a recorded decision (--decision ID): each recommendation's chain of
+    rules and facts (docs/explain.md)."""
     from engine.explain import explain, why_not_at
     from engine.html_report import render_html, timeline_as_of
 
     if why_not_rule is not None and html_out is not None:
         raise click.UsageError("--why-not prints one rule's answer; drop --html")
-    engine = _load(rules, policy)
-    raw = _read_facts(facts)
+    if (facts is None) == (decision is None):
+        raise click.UsageError("give FACTS or --decision ID (one of them)")
+    recorded: Any = None
+    if decision is not None:
+        engine, raw, recorded = _recorded_decision(decision, store)
+        as_of = as_of or recorded.as_of
+    else:
+        engine = _load(rules, policy)
+        raw = _read_facts(str(facts))
     try:
         if why_not_rule is not None:
             answer = why_not_at(engine, raw, why_not_rule, as_of=as_of)
@@ -327,18 +351,35 @@ def explain_command(
         if html_out is not None:
             steps = timeline_as_of(engine, raw, as_of)
             if not steps:
-                raise click.UsageError(f"{facts}: no facts to report")
+                raise click.UsageError(f"{facts or decision}: no facts to report")
             try:
                 Path(html_out).write_text(render_html(steps, raw, engine), encoding="utf-8")
             except OSError as exc:
                 raise click.FileError(html_out, hint=exc.strerror or str(exc)) from exc
             click.echo(f"wrote {html_out}", err=True)
             return
-        evaluation = engine.evaluate(raw, as_of=as_of)
+        if recorded is not None and as_of == recorded.as_of:
+            evaluation = dict(recorded.evaluation)  # what was said, as recorded
+        else:
+            evaluation = engine.evaluate(raw, as_of=as_of)
         explanation = explain(evaluation, raw, engine, codes=codes or None)
     except ValueError as exc:  # a malformed --as-of
         raise click.BadParameter(str(exc), param_hint="--as-of") from exc
     click.echo(to_json(explanation.as_dict()) if fmt == "json" else explanation.text())
+
+
+def _recorded_decision(ref: str, store: str | None) -> tuple[Engine, list[Any], Any]:
+    """A recorded decision's engine (its recorded rules and policy), facts and record."""
+    from engine.audit import AuditError, open_log
+    from engine.store import StoreError
+
+    try:
+        with open_log(store) as log:
+            found = log.get(ref)
+            return log.engine_for(found), list(found.facts), found
+    except (AuditError, StoreError) as exc:
+        click.echo(f"cart-cds explain: {exc}", err=True)
+        raise SystemExit(2) from exc
 
 
 # --------------------------------------------------------------------------- audit

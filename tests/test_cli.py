@@ -185,3 +185,31 @@ def test_policy_lists_each_parameter_with_its_value_and_place(
     line = next(x for x in out.splitlines() if x.startswith("label_regime = "))
     assert line.startswith("label_regime = PRE_2025_REMS_LABEL (choices: ")
     assert "[C-14]" in line and "rules/policy-monitoring.yaml:" in line
+
+
+def test_the_full_course_example_shows_every_phase_in_its_timeline(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(
+        capsys, "evaluate", str(REPO / "examples" / "full-course.json"), "--timeline"
+    )
+    assert code == 0
+    steps = json.loads(out)
+    seen = {name for s in steps for name in s["findings"]}
+    phases = {
+        "eligibility",
+        "bridging",
+        "lymphodepletion",
+        "crs",
+        "icans",
+        "monitoring",
+        "icaht",
+        "response_d28",
+        "response_d90",
+    }
+    assert phases <= seen, phases - seen
+    first = next(s for s in steps if "eligibility" in s["findings"])
+    assert first["findings"]["eligibility"]["decision"] == "ELIGIBLE"
+    grades = [s["findings"]["crs"]["grade"] for s in steps if "crs" in s["findings"]]
+    assert max(grades) == 2 and grades[-1] == 0
+    assert all(s["rejected"] == [] for s in steps)

@@ -323,3 +323,21 @@ def test_cli_explain_refuses_a_bad_as_of_with_exit_2(
 ) -> None:
     assert main(["explain", write(tmp_path, GRADE3), "--as-of", "yesterday"]) == 2
     assert "--as-of" in capsys.readouterr().err
+
+
+def test_explain_a_recorded_decision_of_the_audit_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.cli import main
+
+    store = str(tmp_path / "log.sqlite")
+    example = str(Path(__file__).resolve().parent.parent / "examples" / "crs-patient.json")
+    assert (
+        main(["audit", "record", example, "--as-of", "2025-05-07T12:00:00Z", "--store", store]) == 0
+    )
+    capsys.readouterr()
+    assert main(["explain", "--decision", "1", "--store", store, "--code", "ICU_ADMISSION"]) == 0
+    out = capsys.readouterr().out
+    assert "CRITICAL ICU_ADMISSION" in out
+    assert "crs.g3_g4_icu" in out and "matched fact ne: vasopressor norepinephrine" in out
+    assert main(["explain", "--decision", "99", "--store", store]) == 2
