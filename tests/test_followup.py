@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,6 @@ INFUSION = {
 }
 
 engine_for = engine_factory()
-
-
-@pytest.fixture(scope="module")
-def cds() -> Iterator[engine.Engine]:
-    yield engine_for({})
 
 
 def by_id(path: Path) -> dict[str, Scenario]:

@@ -6,7 +6,6 @@ ASTCT table written here from the reference (`astct_domains`), never from the ru
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,6 @@ INFUSION = {
 }
 
 engine_for = engine_factory()
-
-
-@pytest.fixture(scope="module")
-def cds() -> Iterator[engine.Engine]:
-    yield engine_for({})
 
 
 def by_id(path: Path) -> dict[str, Scenario]:
