@@ -51,6 +51,21 @@ class _Host(durable_engine.Host):  # type: ignore[misc]
         pass
 
 
+def _doubles(value: Any) -> Any:
+    """Every number as a float. durable-rules compares an integer and a float as different
+    in a join (`4` never equals `4.0`), so the matcher only ever sees floats; the session
+    keeps the values as sent for the output."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _doubles(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_doubles(v) for v in value]
+    return value
+
+
 def _noop(c: Any) -> None:
     """The sentinel's action: it only has to run once so the session state is initialised."""
 
@@ -142,7 +157,7 @@ class Matcher:
         """Assert one fact; returns the id it was stored under (with a nonce after a collision)."""
         did = durable_id
         for attempt in range(MAX_NONCE_RETRIES + 1):
-            body = {**fact, "sid": sid, "id": did}
+            body = {**_doubles(fact), "sid": sid, "id": did}
             try:
                 self._call(ruleset, "assert_fact", body)
                 return did

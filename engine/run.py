@@ -898,10 +898,11 @@ def _apply(op: str, values: list[Any]) -> Any:
         return round(values[0], int(values[1]))
     if op in _COMPARE:
         return all(_COMPARE[op](a, b) for a, b in itertools.pairwise(values))
+    # floats, as every other arithmetic result: durable-rules compares 4 and 4.0 as different
     if op == "floor":
-        return math.floor(float(values[0]))
+        return float(math.floor(float(values[0])))
     if op == "ceil":
-        return math.ceil(float(values[0]))
+        return float(math.ceil(float(values[0])))
     if op == "add_days":
         return float(values[0]) + float(values[1]) * 86400.0
     if op == "add_months":

@@ -374,3 +374,50 @@ rules:
         - {fact: pet, as: p, where: {deauville: 5}, time: {after: inf}}
     then: [{finding: pet_after, set: {pet: {ref: p.id}}}]
 """
+
+
+def test_an_integer_joins_an_equal_float(tmp_path: Path) -> None:
+    """durable-rules compares 1 and 1.0 as different in a join; the matcher sees floats."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name in ("ruleset.yaml", "policy.yaml", "actions.yaml", "valuesets.yaml"):
+        shutil.copy(REPO / "rules" / name, rules / name)
+    (rules / "join.yaml").write_text(JOIN_RULES, encoding="utf-8")
+    cds = engine.load_rules(rules)
+    facts = [
+        {"id": "bolus", "type": "fluid_bolus", "time": "2025-05-01T00:00:00Z", "volume_mL": 2.0},
+        {
+            "id": "c",
+            "type": "condition",
+            "time": "2025-05-01T00:00:00Z",
+            "name": "x",
+            "status": "active",
+            "grade": 2,
+        },
+    ]
+    result = cds.evaluate(facts)
+    assert [f["condition"] for f in result["findings"]["same_number"]] == ["c"]
+    assert result["findings"]["same_number"][0]["grade"] == 2  # the output keeps the integer
+    assert isinstance(result["findings"]["same_number"][0]["grade"], int)
+
+
+JOIN_RULES = """\
+kind: rules
+phase: t
+title: test
+findings:
+  same_number: {description: a condition whose grade equals a bolus volume}
+rules:
+  - id: t.same_number
+    version: 1
+    title: condition grade equal to a bolus volume
+    status: active
+    sources: [S26]
+    evidence: P
+    explanation: test
+    when:
+      all:
+        - {fact: fluid_bolus, as: b}
+        - {fact: condition, as: c, where: {grade: {eq: {ref: b.volume_mL}}}}
+    then: [{finding: same_number, set: {condition: {ref: c.id}, grade: {ref: c.grade}}}]
+"""
