@@ -221,9 +221,13 @@ class _Sqlite:
             self._conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=30.0
             )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path!r}: {exc}") from exc
+        try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")  # a commit survives a power cut
         except sqlite3.Error as exc:
+            self._conn.close()
             raise StoreError(f"cannot open store {path!r}: {exc}") from exc
         self._lock = threading.Lock()
 
@@ -451,7 +455,11 @@ class SqlStore:
     def __init__(self, backend: _Backend, target: str) -> None:
         self._b = backend
         self.target = target
-        self._version = self._migrate()
+        try:
+            self._version = self._migrate()
+        except BaseException:
+            backend.close()  # a store that cannot be used is not left open
+            raise
 
     @property
     def dialect(self) -> str:

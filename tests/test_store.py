@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,7 @@ def test_reopening_a_store_keeps_its_facts_and_its_schema_version(tmp_path: Path
 def test_a_store_from_a_newer_cart_cds_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     open_store(str(path)).close()
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE schema_version SET version = 99 WHERE component = 'store'")
     with pytest.raises(StoreError, match="schema version 99"):
         open_store(str(path))
