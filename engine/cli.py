@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -41,10 +41,15 @@ def _load(rules: str | None, policy: tuple[str, ...]) -> Engine:
     try:
         return load_rules(rules, policy=_parse_policy(policy))
     except RuleSetError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        click.echo(f"{len(exc.problems)} problem(s) in the rules", err=True)
-        raise SystemExit(1) from exc
+        _rule_problems(exc)
+
+
+def _rule_problems(exc: RuleSetError) -> NoReturn:
+    """Print every problem of a rule set on standard error and exit 1."""
+    for problem in exc.problems:
+        click.echo(str(problem), err=True)
+    click.echo(f"{len(exc.problems)} problem(s) in the rules", err=True)
+    raise SystemExit(1) from exc
 
 
 def _read_facts(path: str) -> list[object]:
@@ -484,10 +489,7 @@ def audit_replay(decision: str, store: str | None, rules: str | None, fmt: str) 
         try:
             result = log.replay(decision, rules=rules)
         except RuleSetError as exc:
-            for problem in exc.problems:
-                click.echo(str(problem), err=True)
-            click.echo(f"{len(exc.problems)} problem(s) in the rules", err=True)
-            raise SystemExit(1) from exc
+            _rule_problems(exc)
     click.echo(to_json(result.as_dict()) if fmt == "json" else result.text())
     if not result.identical:
         raise SystemExit(1)

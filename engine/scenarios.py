@@ -526,41 +526,33 @@ _TOP_LEVEL: dict[str, Callable[[_Run, str, Any], None]] = {
 }
 
 
-def _nested_actions(
-    run: _Run, path: str, expected: Any, ev: Mapping[str, Any]
-) -> Iterable[tuple[str, Any, Any, bool, str]]:
-    got = _codes(ev)
-    yield path, expected, sorted(got), set(expected) <= got, ""
+Nested = Callable[[_Run, str, Any, Mapping[str, Any]], Iterable[tuple[str, Any, Any, bool, str]]]
 
 
-def _nested_conflicts(
-    run: _Run, path: str, expected: Any, ev: Mapping[str, Any]
-) -> Iterable[tuple[str, Any, Any, bool, str]]:
-    got = _conflicts(run, ev)
-    yield path, expected, sorted(got), set(expected) <= got, ""
+def _nested_subset(
+    values: Callable[[_Run, Mapping[str, Any]], set[str]], *, absent: bool = False
+) -> Nested:
+    """A check inside a finding block: every expected value is among `values` of the
+    evaluation (or, with `absent`, none is)."""
+
+    def check(
+        run: _Run, path: str, expected: Any, ev: Mapping[str, Any]
+    ) -> Iterable[tuple[str, Any, Any, bool, str]]:
+        got = values(run, ev)
+        if absent:
+            present = set(expected) & got
+            yield path, expected, sorted(present), not present, ""
+        else:
+            yield path, expected, sorted(got), set(expected) <= got, ""
+
+    return check
 
 
-def _nested_flags(
-    run: _Run, path: str, expected: Any, ev: Mapping[str, Any]
-) -> Iterable[tuple[str, Any, Any, bool, str]]:
-    got = _flags(ev)
-    yield path, expected, sorted(got), set(expected) <= got, ""
-
-
-def _nested_flags_absent(
-    run: _Run, path: str, expected: Any, ev: Mapping[str, Any]
-) -> Iterable[tuple[str, Any, Any, bool, str]]:
-    present = set(expected) & _flags(ev)
-    yield path, expected, sorted(present), not present, ""
-
-
-_NESTED: dict[
-    str, Callable[[_Run, str, Any, Mapping[str, Any]], Iterable[tuple[str, Any, Any, bool, str]]]
-] = {
-    "actions": _nested_actions,
-    "conflict_refs": _nested_conflicts,
-    "flags": _nested_flags,
-    "flags_absent": _nested_flags_absent,
+_NESTED: dict[str, Nested] = {
+    "actions": _nested_subset(lambda run, ev: _codes(ev)),
+    "conflict_refs": _nested_subset(_conflicts),
+    "flags": _nested_subset(lambda run, ev: _flags(ev)),
+    "flags_absent": _nested_subset(lambda run, ev: _flags(ev), absent=True),
 }
 
 
