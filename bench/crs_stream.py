@@ -40,8 +40,8 @@ from typing import Any
 from durable import engine as durable_engine
 
 import engine
-from engine.compile import CLOCK_TYPE, ID_FIELD, SENTINEL_TYPE, VIEW_FIELD, CompiledRuleset
-from engine.facts import Fact, normalise_all, supersession_key
+from engine.language.compile import CLOCK_TYPE, ID_FIELD, SENTINEL_TYPE, VIEW_FIELD, CompiledRuleset
+from engine.runtime.facts import Fact, normalise_all, supersession_key
 
 RawFact = dict[str, Any]
 

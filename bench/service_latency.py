@@ -47,7 +47,7 @@ def hook_body(hook: str, patient: str, facts: Sequence[dict[str, Any]]) -> dict[
         "context": {"userId": "Practitioner/bench", "patientId": patient},
     }
     if hook == "order-sign":
-        last = max(engine.facts.parse_time(f["time"])[1] for f in facts)
+        last = max(engine.runtime.facts.parse_time(f["time"])[1] for f in facts)
         authored = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last + 3600))
         order = {
             "resourceType": "MedicationRequest",

@@ -55,7 +55,7 @@ run() {  # $1: label, $2: hook, then extra serve options
     shift 2
     local port
     port="$(free_port)"
-    "$PY" -m engine.cli serve --port "$port" --store "$work/$label.sqlite3" --insecure-dev "$@" \
+    "$PY" -m engine.host.cli serve --port "$port" --store "$work/$label.sqlite3" --insecure-dev "$@" \
         >"$work/$label.log" 2>&1 &
     server=$!
     for _ in $(seq 1 600); do
@@ -81,7 +81,7 @@ run() {  # $1: label, $2: hook, then extra serve options
 
 echo "patient $patient: $facts facts over $DAYS days; wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
 echo "$(nproc) CPUs, $("$PY" -c 'import platform; print("Python", platform.python_version())'), \
-$("$PY" -m engine.cli validate | cut -d: -f2- | cut -d, -f1-2)"
+$("$PY" -m engine.host.cli validate | cut -d: -f2- | cut -d, -f1-2)"
 run patient-view-live patient-view
 run patient-view-rebuild patient-view --live-sessions 0 --cache-size 0
 run order-sign-rebuild order-sign

@@ -8,10 +8,10 @@ with cds.session() as s:                       # incremental: one fact at a time
     result = cds.evaluation(s)
 """
 
-from engine.api import Engine, check_evaluation, load_rules
 from engine.errors import CartCdsError, EvaluationError, FactError, Problem, RuleSetError
-from engine.facts import Fact, Rejection, load_facts_text
-from engine.run import Session
+from engine.runtime.api import Engine, check_evaluation, load_rules
+from engine.runtime.facts import Fact, Rejection, load_facts_text
+from engine.runtime.session import Session
 
 __all__ = [
     "CartCdsError",

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.scenarios import Scenario, load_scenarios
+from engine.host.scenarios import Scenario, load_scenarios
 
 REPO = Path(__file__).resolve().parent.parent
 SCENARIO_FILE = REPO / "docs" / "reference" / "example-scenarios.yaml"

@@ -1,6 +1,6 @@
 """Real servers for the service and store tests, on free loopback ports.
 
-- `Service`: `python -m engine.cli serve ...` in a subprocess (uvicorn), its log in a file;
+- `Service`: `python -m engine.host.cli serve ...` in a subprocess (uvicorn), its log in a file;
 - `Postgres`: a private PostgreSQL server, `initdb` into a temporary directory and
   `pg_ctl start` on a free port (as the `postgres` user when we are root: initdb refuses
   to run as root), stopped and removed at the end;
@@ -143,7 +143,7 @@ class Service:
         return self.workdir / f"serve-{self.port}.log"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "engine.cli", "serve", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "engine.host.cli", "serve", "--port", str(self.port)]
         cmd += ["--store", self.store]
         if self.insecure_dev:
             cmd.append("--insecure-dev")

@@ -19,10 +19,17 @@ import pytest
 from servers import REPO, Postgres, Service, crs_history, postgres
 
 import engine
-from engine.audit import GENESIS, AuditError, Decision, DecisionLog, DecisionNotFound, canonical
-from engine.cli import main
-from engine.scenarios import Scenario
-from engine.store import open_store
+from engine.host.audit import (
+    GENESIS,
+    AuditError,
+    Decision,
+    DecisionLog,
+    DecisionNotFound,
+    canonical,
+)
+from engine.host.cli import main
+from engine.host.scenarios import Scenario
+from engine.host.store import open_store
 
 EXAMPLE = REPO / "examples" / "crs-patient.json"
 PATIENT = {"id": "pt", "type": "patient", "time": "2025-05-05T08:00:00Z", "age_y": 61}

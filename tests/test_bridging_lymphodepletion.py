@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine.scenarios import Scenario, engine_factory, load_scenarios, run_scenario
+from engine.host.scenarios import Scenario, engine_factory, load_scenarios, run_scenario
 
 HERE = Path(__file__).resolve().parent
 OWN_FILES = [HERE / "scenarios" / "bridging.yaml", HERE / "scenarios" / "lymphodepletion.yaml"]

@@ -1,5 +1,5 @@
 """The `cart-cds` command line, run as a user runs it (a real subprocess for the
-newcomer's path, `engine.cli.main` in-process for the rest)."""
+newcomer's path, `engine.host.cli.main` in-process for the rest)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from engine.cli import main
+from engine.host.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "crs-patient.json"

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import engine
-from engine.cli import main
-from engine.explain import Chain, Explanation, Node, explain, why_not_at
+from engine.explain.explanation import Chain, Explanation, Node, explain, why_not_at
+from engine.host.cli import main
 
 INFUSION = {
     "id": "inf",
@@ -328,7 +328,7 @@ def test_cli_explain_refuses_a_bad_as_of_with_exit_2(
 def test_explain_a_recorded_decision_of_the_audit_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from engine.cli import main
+    from engine.host.cli import main
 
     store = str(tmp_path / "log.sqlite")
     example = str(Path(__file__).resolve().parent.parent / "examples" / "crs-patient.json")

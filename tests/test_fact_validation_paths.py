@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import facts
-from engine.scenarios import load_scenarios
+from engine.host.scenarios import load_scenarios
+from engine.runtime import facts
 from tests.conftest import SCENARIO_FILE
 
 EXAMPLES = [f for sc in load_scenarios(SCENARIO_FILE) for f in sc.facts]

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from engine import facts as F
 from engine.errors import FactError
-from engine.facts import (
+from engine.runtime import facts as F
+from engine.runtime.facts import (
     Fact,
     Rejection,
     load_facts_text,

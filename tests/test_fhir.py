@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine._yaml import load_yaml_file
-from engine.cli import main
 from engine.errors import FactError, RuleSetError
-from engine.facts import Fact, normalise
-from engine.fhir import Unmapped, bundle_to_facts, is_fhir_bundle, load_mapping
+from engine.host.cli import main
+from engine.host.fhir import Unmapped, bundle_to_facts, is_fhir_bundle, load_mapping
+from engine.language._yaml import load_yaml_file
+from engine.runtime.facts import Fact, normalise
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = REPO / "tests" / "cases" / "fhir"

@@ -18,8 +18,8 @@ from typing import Any, NoReturn
 import pytest
 
 import engine
-from engine.cli import main
-from engine.html_report import PLOT_DIV_ID, render_html, timeline_as_of
+from engine.explain.html_report import PLOT_DIV_ID, render_html, timeline_as_of
+from engine.host.cli import main
 
 INFUSION = {
     "id": "inf",

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine.scenarios import Scenario, engine_factory, load_scenarios, run_scenario
+from engine.host.scenarios import Scenario, engine_factory, load_scenarios, run_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 OWN_SCENARIOS = REPO / "tests" / "scenarios" / "icans.yaml"

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine.scenarios import Scenario, engine_factory, load_scenarios, run_scenario
+from engine.host.scenarios import Scenario, engine_factory, load_scenarios, run_scenario
 
 REPO = Path(__file__).resolve().parent.parent
 OWN_SCENARIOS = REPO / "tests" / "scenarios" / "monitoring.yaml"

@@ -17,7 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine.facts import Fact, normalise, normalise_all, parse_time
+from engine.runtime.facts import Fact, normalise, normalise_all, parse_time
 
 # ---------------------------------------------------------------------------- helpers
 

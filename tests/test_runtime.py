@@ -13,8 +13,8 @@ import pytest
 from durable import engine as durable_engine
 
 import engine
-from engine import _matcher
 from engine.errors import EvaluationError
+from engine.runtime import _matcher
 
 REPO = Path(__file__).resolve().parent.parent
 INFUSION = {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from engine.host.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "docs" / "reference" / "example-scenarios.yaml"

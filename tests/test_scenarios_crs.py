@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import engine
-from engine.scenarios import Scenario
+from engine.host.scenarios import Scenario
 
 CRS_SCENARIOS = ["V23", "V25", "V27", "V30", "V32"]
 
@@ -91,7 +91,7 @@ def decisions_by_time(result: dict[str, Any], sc: Scenario) -> dict[str, dict[st
     time_of = {
         fid: fact_time
         for fid, fact_time in (
-            (engine.facts.normalise(f).id, f["time"])  # type: ignore[union-attr]
+            (engine.runtime.facts.normalise(f).id, f["time"])  # type: ignore[union-attr]
             for f in sc.facts
             if f["type"] == "order_request"
         )

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.scenarios import Scenario, engine_factory, load_scenarios, report_text, run_scenario
+from engine.host.scenarios import (
+    Scenario,
+    engine_factory,
+    load_scenarios,
+    report_text,
+    run_scenario,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = [

@@ -6,9 +6,9 @@ from typing import Any
 
 import jsonschema
 
-from engine._schema_errors import schema_problems
-from engine._yaml import load_yaml
 from engine.errors import Problem
+from engine.language._schema_errors import schema_problems
+from engine.language._yaml import load_yaml
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -18,10 +18,10 @@ import pytest
 from servers import ISSUER, REPO, Keys, Service, crs_history, make_keys, write_jwks
 
 import engine
-from engine.cards import CardMaker
-from engine.facts import Fact
-from engine.service import Evaluator
-from engine.store import StoredFact, open_store
+from engine.explain.cards import CardMaker
+from engine.host.service import Evaluator
+from engine.host.store import StoredFact, open_store
+from engine.runtime.facts import Fact
 
 PATIENT_VIEW = "/cds-services/cart-t-patient-view"
 ORDER_SELECT = "/cds-services/cart-t-order-select"
@@ -194,7 +194,7 @@ def test_live_sessions_are_bounded_and_an_evicted_or_unknown_patient_is_rebuilt(
     try:
         for patient in ("a", "b", "c", "a"):
             facts = [f for f in crs_history(patient) if f["time"] <= GRADE2_AT]
-            normalised = [engine.facts.normalise(f) for f in facts]
+            normalised = [engine.runtime.facts.normalise(f) for f in facts]
             store.append(patient, [StoredFact.of(f) for f in normalised if isinstance(f, Fact)])
             evaluation, count = evaluator.current(patient)
             assert count == len(facts)
@@ -582,7 +582,7 @@ def test_development_mode_says_so_at_startup_and_on_every_response(tmp_path: Pat
 
 def test_serve_refuses_to_start_without_keys_unless_told_it_is_development(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "serve", "--store", str(tmp_path / "s.sqlite3")],
+        [sys.executable, "-m", "engine.host.cli", "serve", "--store", str(tmp_path / "s.sqlite3")],
         cwd=REPO,
         capture_output=True,
         text=True,

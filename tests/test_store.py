@@ -15,8 +15,7 @@ import pytest
 from servers import Postgres, Service, crs_history, postgres
 
 import engine
-from engine.facts import Fact, normalise
-from engine.store import (
+from engine.host.store import (
     SCHEMA_VERSION,
     ConflictError,
     FeedbackRecord,
@@ -26,6 +25,7 @@ from engine.store import (
     StoreError,
     open_store,
 )
+from engine.runtime.facts import Fact, normalise
 
 
 @pytest.fixture(scope="module")

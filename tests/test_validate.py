@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 import engine
-from engine.compile import CLOCK, CLOCK_TYPE, CompiledRuleset, compile_ruleset
 from engine.errors import RuleSetError
-from engine.validate import digest_of, read_rule_files, validate_documents
+from engine.language.compile import CLOCK, CLOCK_TYPE, CompiledRuleset, compile_ruleset
+from engine.language.validate import digest_of, read_rule_files, validate_documents
 
 MANIFEST = "kind: ruleset\nname: unit\nversion: 1.0.0\n"
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine._yaml import YamlDoc, load_yaml, load_yaml_file, pointer_join
 from engine.errors import Problem, RuleSetError
+from engine.language._yaml import YamlDoc, load_yaml, load_yaml_file, pointer_join
 
 RULES = """\
 rules:

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.compile import CLOCK, FINDING_FIELD, FINDING_TYPE, ID_FIELD, VIEW_CODE
-from engine.ruleset import Const, Pattern, Ref, Rule, Test
-from engine.run import iso
+from engine.language.compile import CLOCK, FINDING_FIELD, FINDING_TYPE, ID_FIELD, VIEW_CODE
+from engine.language.ruleset import Const, Pattern, Ref, Rule, Test
+from engine.runtime.session import iso
 
 Bindings = dict[str, dict[str, Any]]
 

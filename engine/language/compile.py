@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from engine.errors import Problem, RuleSetError
-from engine.ruleset import Const, Pattern, Ref, Rule, RuleSet, Test
+from engine.language.ruleset import Const, Pattern, Ref, Rule, RuleSet, Test
 
 # durable-rules capacity limits (reference/engine-notes.md section 1.5), with a margin.
 MAX_RULES = 4000  # MAX_ACTIONS 4096

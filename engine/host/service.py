@@ -13,7 +13,7 @@
   `GET /patients/{id}/evaluation[?as_of=T]`, `POST /evaluate`;
 - `GET /rules/{rule_id}`: a rule's provenance (the cards' `source.url`; public);
 - `?record=true` on the two evaluation routes: the evaluation is appended to the decision
-  log (`engine.audit`) and its id returned (`decision_id`, `X-Decision-Id`);
+  log (`engine.host.audit`) and its id returned (`decision_id`, `X-Decision-Id`);
 - `GET /openapi.json`, `/docs`.
 
 Evaluation: per request, from the stored facts (plus prefetched FHIR data and draft
@@ -22,7 +22,7 @@ orders), in a durable-rules session closed before the response; at most
 facts): the evaluation is a pure function of those, so a cache hit is the same answer.
 
 Every call except discovery, rules and the OpenAPI document needs a client JWT
-(`engine.auth`), unless the server runs with `--insecure-dev`, which it says at
+(`engine.host.auth`), unless the server runs with `--insecure-dev`, which it says at
 startup and on every response (`X-Insecure-Dev: true`). The log holds method, route
 template, status and duration: no bodies, no patient ids, no query strings.
 """
@@ -49,15 +49,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.api import Engine
-from engine.audit import AuditError, DecisionLog
-from engine.auth import AuthError, Client, KeySet, Verifier
-from engine.cards import Card, CardMaker, Coding, OrderError, Rendered, SuggestionAction
-from engine.cards import draft_orders as parse_draft_orders
 from engine.errors import EvaluationError, FactError
-from engine.facts import Fact, load_facts_text, normalise, parse_time
-from engine.run import Session
-from engine.store import (
+from engine.explain.cards import Card, CardMaker, Coding, OrderError, Rendered, SuggestionAction
+from engine.explain.cards import draft_orders as parse_draft_orders
+from engine.host.audit import AuditError, DecisionLog
+from engine.host.auth import AuthError, Client, KeySet, Verifier
+from engine.host.store import (
     AppendResult,
     ConflictError,
     FactStore,
@@ -66,6 +63,9 @@ from engine.store import (
     StoredFact,
     StoreError,
 )
+from engine.runtime.api import Engine
+from engine.runtime.facts import Fact, load_facts_text, normalise, parse_time
+from engine.runtime.session import Session
 
 __all__ = ["SERVICES", "Settings", "create_app", "serve"]
 
@@ -546,7 +546,7 @@ def _canonical(value: object) -> str:
 @cache
 def _prefetch_templates() -> dict[str, str]:
     """The FHIR queries each service asks the client to prefetch."""
-    from engine.fhir import load_mapping
+    from engine.host.fhir import load_mapping
 
     mapping = load_mapping()
     systems = {name: spec["url"] for name, spec in mapping["systems"].items()}
@@ -612,7 +612,7 @@ def _prefetch_facts(
     """Facts from the prefetched resources (one Bundle of all of them)."""
     if not prefetch:
         return [], []
-    from engine.fhir import bundle_to_facts, is_fhir_bundle
+    from engine.host.fhir import bundle_to_facts, is_fhir_bundle
 
     entries: list[Any] = []
     for value in prefetch.values():
@@ -693,7 +693,7 @@ async def _read_fact_body(request: Request) -> tuple[list[object], list[Any]]:
         except FactError as exc:
             raise ApiError(400, f"malformed body: {exc}") from exc
     if len(items) == 1 and isinstance(items[0], Mapping) and "resourceType" in items[0]:
-        from engine.fhir import bundle_to_facts, is_fhir_bundle
+        from engine.host.fhir import bundle_to_facts, is_fhir_bundle
 
         if not is_fhir_bundle(items[0]):
             raise ApiError(
@@ -1473,7 +1473,7 @@ def run_cli(
     """`cart-cds serve`: returns the exit code (2: bad options, store or keys)."""
     import click
 
-    from engine.store import open_store
+    from engine.host.store import open_store
 
     if not insecure_dev and (not jwks or not issuers):
         click.echo(

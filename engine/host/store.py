@@ -14,7 +14,7 @@ SQLite (a file path, the default; WAL journal, `synchronous=FULL`) and PostgreSQ
 - `feedback`: what clinicians did with the cards (accepted / overridden and why).
 - `schema_version`: one row per component.
 - `decisions` and `decision_head` (version 2): the hash-chained decision log of
-  `engine.audit`; `rulesets` (version 3): rule sets stored by digest, for replay.
+  `engine.host.audit`; `rulesets` (version 3): rule sets stored by digest, for replay.
 
 The store knows nothing of rules: it never evaluates. `Revision` (fact count and last
 sequence number of one patient) changes whenever the patient's facts change, so a
@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.errors import CartCdsError
-from engine.facts import Fact
+from engine.explain.cards import IssuedCard
+from engine.runtime.facts import Fact
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -110,21 +111,6 @@ class AppendResult:
     added: tuple[str, ...]  # fact ids stored by this append
     existing: tuple[str, ...]  # fact ids that were already stored with the same content
     revision: Revision
-
-
-@dataclass(frozen=True)
-class IssuedCard:
-    """A card the service returned, and what it rests on."""
-
-    uuid: str
-    service: str
-    patient: str
-    kind: str  # "recommendation" | "finding" | "order"
-    code: str  # action code, finding name or order decision
-    rule: str
-    rule_version: int
-    ruleset_digest: str
-    because: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -391,7 +377,7 @@ def _ddl(dialect: str) -> list[str]:
 
 
 def _decision_log_ddl(dialect: str) -> list[str]:
-    """Version 2: the hash-chained decision log (`engine.audit` reads and writes it).
+    """Version 2: the hash-chained decision log (`engine.host.audit` reads and writes it).
 
     `decisions`: one row per recorded evaluation; `content` is the canonical JSON the
     hash is over (with its own `seq` and `id`), so the other columns only index it.
@@ -471,7 +457,7 @@ class SqlStore:
 
     @property
     def backend(self) -> _Backend:
-        """The database, for other components kept in this store (`engine.audit`):
+        """The database, for other components kept in this store (`engine.host.audit`):
         `transaction()` and `read()` yield `run(sql, params)`; `dialect` names it."""
         return self._b
 

@@ -11,7 +11,7 @@ ids to the input facts, printed from the input. The rule set gives each rule's s
 evidence tag and explanation; nothing here runs rules or reads a clock.
 
 Why not: `why_not_at` opens a session at `as_of`, adds the facts up to that time and asks
-`engine.whynot.why_not`.
+`engine.explain.whynot.why_not`.
 
 The renderers take an evaluation (or a timeline) plus the engine and the input facts, never
 a file: a recorded decision can be explained the same way as a fresh one.
@@ -26,11 +26,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.facts import Fact, normalise_all, parse_time
-from engine.whynot import WhyNot, why_not
+from engine.explain.whynot import WhyNot, why_not
+from engine.runtime.facts import Fact, normalise_all, parse_time
 
 if TYPE_CHECKING:
-    from engine.api import Engine
+    from engine.runtime.api import Engine
 
 FiringId = tuple[str, tuple[str, ...]]  # (compiled branch name, matched display ids)
 
@@ -758,7 +758,7 @@ def why_not_at(
     engine: Engine, facts: Iterable[object], rule_id: str, *, as_of: str | None = None
 ) -> WhyNot:
     """Why `rule_id` did (not) fire for `facts` as of `as_of` (default: the latest fact):
-    a session at `as_of` with the facts up to that time, then `engine.whynot.why_not`."""
+    a session at `as_of` with the facts up to that time, then `engine.explain.whynot.why_not`."""
     accepted, _ = normalise_all(f.raw if isinstance(f, Fact) else f for f in facts)
     limit = parse_time(as_of)[1] if as_of is not None else None
     with engine.session(as_of=as_of) as session:

@@ -23,10 +23,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.api import Engine
-from engine.facts import parse_time
-from engine.ruleset import Rule
-from engine.store import IssuedCard
+from engine.language.ruleset import Rule
+from engine.runtime.api import Engine
+from engine.runtime.facts import parse_time
 
 __all__ = [
     "Card",
@@ -51,6 +50,21 @@ TOCILIZUMAB_RXCUI = "612865"  # reference section 8, S36
 SUMMARY_MAX = 140
 EVIDENCE = {"V": "verified", "S": "secondary source", "P": "engine policy"}
 Indicator = Literal["info", "warning", "critical"]
+
+
+@dataclass(frozen=True)
+class IssuedCard:
+    """A card the service returned, and what it rests on."""
+
+    uuid: str
+    service: str
+    patient: str
+    kind: str  # "recommendation" | "finding" | "order"
+    code: str  # action code, finding name or order decision
+    rule: str
+    rule_version: int
+    ruleset_digest: str
+    because: tuple[str, ...]
 
 
 # --------------------------------------------------------------------------- the card model

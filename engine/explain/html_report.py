@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import plotly.graph_objects as go  # type: ignore[import-untyped]
 from plotly.subplots import make_subplots  # type: ignore[import-untyped]
 
-from engine.explain import (
+from engine.explain.explanation import (
     Explanation,
     Node,
     RuleInfo,
@@ -30,10 +30,10 @@ from engine.explain import (
     rule_info,
     withdrawals,
 )
-from engine.facts import Fact, normalise_all, parse_time
+from engine.runtime.facts import Fact, normalise_all, parse_time
 
 if TYPE_CHECKING:
-    from engine.api import Engine
+    from engine.runtime.api import Engine
 
 PLOT_DIV_ID = "cart-cds-timeline"
 _SEVERITIES = ("critical", "warning", "info")

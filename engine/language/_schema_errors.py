@@ -21,8 +21,8 @@ from typing import Any, cast
 from jsonschema.exceptions import ValidationError, relevance
 from jsonschema.protocols import Validator
 
-from engine._yaml import YamlDoc, pointer_join
 from engine.errors import Problem
+from engine.language._yaml import YamlDoc, pointer_join
 
 __all__ = ["schema_problems"]
 

@@ -21,10 +21,10 @@ from typing import Any, cast
 import jsonschema
 
 from engine._resources import schemas_dir
-from engine._schema_errors import schema_problems
-from engine._yaml import YamlDoc, load_yaml
 from engine.errors import Problem, RuleSetError
-from engine.ruleset import (
+from engine.language._schema_errors import schema_problems
+from engine.language._yaml import YamlDoc, load_yaml
+from engine.language.ruleset import (
     Action,
     Collect,
     Conclusion,
@@ -40,7 +40,7 @@ from engine.ruleset import (
     SourceFile,
     Test,
 )
-from engine.vocabulary import Vocabulary, default_vocabulary
+from engine.language.vocabulary import Vocabulary, default_vocabulary
 
 MAX_BRANCHES = 32  # disjunctive branches per rule after `any` is expanded
 CLOCK = "now"

@@ -28,8 +28,8 @@ from typing import Any
 
 from durable import engine as durable_engine
 
-from engine.compile import SENTINEL_RULE, SENTINEL_TYPE, CompiledRuleset
 from engine.errors import EvaluationError
+from engine.language.compile import SENTINEL_RULE, SENTINEL_TYPE, CompiledRuleset
 
 MAX_SESSIONS = 1000
 MAX_NONCE_RETRIES = 8

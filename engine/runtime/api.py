@@ -11,16 +11,16 @@ from typing import Any
 import jsonschema
 
 from engine._resources import engine_version, rules_dir, schemas_dir
-from engine.compile import CompiledRuleset, compile_ruleset
-from engine.facts import Fact, Rejection, normalise
-from engine.ruleset import RuleSet, Scalar
-from engine.run import Session, iso
-from engine.validate import (
+from engine.language.compile import CompiledRuleset, compile_ruleset
+from engine.language.ruleset import RuleSet, Scalar
+from engine.language.validate import (
     digest_of_sources,
     parse_rule_sources,
     read_rule_sources,
     validate_documents,
 )
+from engine.runtime.facts import Fact, Rejection, normalise
+from engine.runtime.session import Session, iso
 
 DURABLE_RULES_VERSION = "2.0.28"
 

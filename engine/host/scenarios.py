@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine._yaml import load_yaml_file
 from engine.errors import RuleSetError
-from engine.facts import Fact, normalise, parse_time, resolve_relative_time
+from engine.language._yaml import load_yaml_file
+from engine.runtime.facts import Fact, normalise, parse_time, resolve_relative_time
 
 _RELATIVE = re.compile(r"^D([+-]\d+)?(?:T\d{2}:\d{2})?$|^D0(?:T\d{2}:\d{2})?$")
 NOTE_KEYS = ("note", "notes_for_reader")
@@ -155,7 +155,7 @@ def engine_factory(
     rules: str | Path | None = None, policy: Mapping[str, Any] | None = None
 ) -> EngineFactory:
     """Engines for the rules under `policy` plus a scenario's overrides, each compiled once."""
-    from engine.api import load_rules
+    from engine.runtime.api import load_rules
 
     base = dict(policy or {})
     engines: dict[str, Any] = {}

@@ -5,7 +5,7 @@ this module only knows how to read the FHIR elements it names. Nothing is guesse
 nothing is dropped: every entry, or part of an entry, that cannot become a fact comes back
 as an `Unmapped` with the reason (unknown resource type, code or system, a status that does
 not map, no time, no value, a unit that is not UCUM, a subject that is not the bundle's
-patient). A fact that maps but that `engine.facts.normalise` refuses is reported with the
+patient). A fact that maps but that `engine.runtime.facts.normalise` refuses is reported with the
 normaliser's reason, never passed on.
 
 Fact ids are ``<ResourceType>/<id>``, so sending the same bundle again is idempotent
@@ -34,10 +34,10 @@ from typing import Any, cast
 import jsonschema
 
 from engine._resources import schemas_dir
-from engine._schema_errors import schema_problems
-from engine._yaml import YamlDoc, load_yaml_file
 from engine.errors import FactError, Problem, RuleSetError
-from engine.facts import Fact, normalise, parse_time
+from engine.language._schema_errors import schema_problems
+from engine.language._yaml import YamlDoc, load_yaml_file
+from engine.runtime.facts import Fact, normalise, parse_time
 
 __all__ = ["Unmapped", "bundle_to_facts", "is_fhir_bundle", "load_mapping"]
 
@@ -418,7 +418,7 @@ def bundle_to_facts(
     """The facts of a FHIR R4 Bundle and the entries (or parts) that did not map.
 
     `mapping` is a loaded mapping (`load_mapping`); default: the bundled one. Each fact is
-    accepted by `engine.facts.normalise`. Raises FactError when `bundle` is not a Bundle.
+    accepted by `engine.runtime.facts.normalise`. Raises FactError when `bundle` is not a Bundle.
     """
     if not is_fhir_bundle(bundle):
         raise FactError("not a FHIR Bundle: expected a JSON object with resourceType 'Bundle'")

@@ -1,7 +1,7 @@
 """The audit trail: a tamper-evident decision log, and exact replay under the rules then
 in force (docs/audit.md).
 
-- `DecisionLog(store)`: the log lives in the patient fact store (`engine.store`, schema
+- `DecisionLog(store)`: the log lives in the patient fact store (`engine.host.store`, schema
   versions 2 and 3). `record` evaluates and appends; `append` appends an evaluation the
   host already has. Each record holds the input facts, `as_of`, the patient, the rule
   set (name, version, digest, directory, policy overrides), the engine and durable-rules
@@ -35,12 +35,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from engine._resources import engine_version
-from engine.api import Engine, load_rules
 from engine.errors import CartCdsError
-from engine.report import findings_lines, recommendation_lines, trace_lines
-from engine.ruleset import RuleSet, Scalar
-from engine.store import SqlStore, StoreError, open_store
-from engine.validate import digest_of_sources
+from engine.explain.report import findings_lines, recommendation_lines, trace_lines
+from engine.host.store import SqlStore, StoreError, open_store
+from engine.language.ruleset import RuleSet, Scalar
+from engine.language.validate import digest_of_sources
+from engine.runtime.api import Engine, load_rules
 
 __all__ = [
     "DEFAULT_STORE",

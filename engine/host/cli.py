@@ -13,11 +13,11 @@ from typing import Any, NoReturn
 
 import click
 
-from engine.api import Engine, load_rules
 from engine.errors import FactError, RuleSetError
-from engine.facts import load_facts_text
-from engine.report import evaluation_text, timeline_text, to_json
-from engine.ruleset import Scalar
+from engine.explain.report import evaluation_text, timeline_text, to_json
+from engine.language.ruleset import Scalar
+from engine.runtime.api import Engine, load_rules
+from engine.runtime.facts import load_facts_text
 
 
 def _parse_policy(values: tuple[str, ...]) -> dict[str, Scalar]:
@@ -59,7 +59,7 @@ def _read_facts(path: str) -> list[object]:
         raise click.FileError(path, hint=exc.strerror or str(exc)) from exc
     try:
         if text.removeprefix("\ufeff").lstrip().startswith("{"):
-            from engine.fhir import bundle_to_facts, is_fhir_bundle
+            from engine.host.fhir import bundle_to_facts, is_fhir_bundle
 
             try:
                 doc = json.loads(text.removeprefix("\ufeff"))
@@ -194,7 +194,7 @@ def scenario_run(
 ) -> None:
     """Evaluate every scenario of PATH (a file or a directory of *.yaml) and compare each
     expected value with what came out; exit 1 on any mismatch."""
-    from engine.scenarios import engine_factory, load_scenarios, report_text, run_scenario
+    from engine.host.scenarios import engine_factory, load_scenarios, report_text, run_scenario
 
     _load(rules, policy)  # report rule problems once, before any scenario runs
     factory = engine_factory(rules, _parse_policy(policy))
@@ -244,7 +244,7 @@ def serve(
     live_sessions: int,
 ) -> None:
     """Run the CDS Hooks services and the JSON API over a patient fact store (docs/service.md)."""
-    from engine.service import run_cli
+    from engine.host.service import run_cli
 
     engine = _load(rules, policy)
     raise SystemExit(
@@ -260,7 +260,7 @@ def serve(
 @click.option("--format", "fmt", type=click.Choice(["text", "markdown", "json"]), default="text")
 def policy(rules: str | None, policy: tuple[str, ...], fmt: str) -> None:
     """List the policy parameters in force: value, alternatives, conflict, sources."""
-    from engine.report import policy_markdown, policy_rows, scalar_text
+    from engine.explain.report import policy_markdown, policy_rows, scalar_text
 
     engine = _load(rules, policy)
     rows = policy_rows(engine.ruleset)
@@ -334,8 +334,8 @@ def explain_command(
 ) -> None:
     """Explain FACTS, or a recorded decision (--decision ID): each recommendation's chain of
     rules and facts (docs/explain.md)."""
-    from engine.explain import explain, why_not_at
-    from engine.html_report import render_html, timeline_as_of
+    from engine.explain.explanation import explain, why_not_at
+    from engine.explain.html_report import render_html, timeline_as_of
 
     if why_not_rule is not None and html_out is not None:
         raise click.UsageError("--why-not prints one rule's answer; drop --html")
@@ -375,8 +375,8 @@ def explain_command(
 
 def _recorded_decision(ref: str, store: str | None) -> tuple[Engine, list[Any], Any]:
     """A recorded decision's engine (its recorded rules and policy), facts and record."""
-    from engine.audit import AuditError, open_log
-    from engine.store import StoreError
+    from engine.host.audit import AuditError, open_log
+    from engine.host.store import StoreError
 
     try:
         with open_log(store) as log:
@@ -407,8 +407,8 @@ class _AuditGroup(click.Group):
     that cannot be used (a missing or altered rule set, a broken head)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from engine.audit import AuditError, DecisionNotFound
-        from engine.store import StoreError
+        from engine.host.audit import AuditError, DecisionNotFound
+        from engine.host.store import StoreError
 
         try:
             return super().invoke(ctx)
@@ -441,7 +441,7 @@ def audit_record(
     patient: str | None,
 ) -> None:
     """Evaluate FACTS and append the evaluation to the decision log; prints its id."""
-    from engine.audit import open_log
+    from engine.host.audit import open_log
 
     engine = _load(rules, policy)
     raw = _read_facts(facts)
@@ -461,7 +461,7 @@ def audit_record(
 def audit_verify(store: str | None, fmt: str) -> None:
     """Check the hash chain, the head and the stored rule sets; exit 1 naming the first
     bad record. Prints the head hash: compare it with a copy kept elsewhere."""
-    from engine.audit import open_log
+    from engine.host.audit import open_log
 
     with open_log(store) as log:
         result = log.verify()
@@ -483,7 +483,7 @@ def audit_verify(store: str | None, fmt: str) -> None:
 @AUDIT_FORMAT_OPTION
 def audit_replay(decision: str, store: str | None, rules: str | None, fmt: str) -> None:
     """Re-evaluate decision ID and compare: exit 0 if identical, 1 if different."""
-    from engine.audit import open_log
+    from engine.host.audit import open_log
 
     with open_log(store) as log:
         try:
@@ -501,7 +501,7 @@ def audit_replay(decision: str, store: str | None, rules: str | None, fmt: str) 
 @AUDIT_FORMAT_OPTION
 def audit_show(decision: str, store: str | None, fmt: str) -> None:
     """Show a recorded decision: facts, rules, engine, evaluation, hashes."""
-    from engine.audit import open_log
+    from engine.host.audit import open_log
 
     with open_log(store) as log:
         found = log.get(decision)
@@ -514,7 +514,7 @@ def audit_show(decision: str, store: str | None, fmt: str) -> None:
 @AUDIT_FORMAT_OPTION
 def audit_list(store: str | None, patient: str | None, fmt: str) -> None:
     """List the recorded decisions in order: seq, id, time, patient, as_of, rules."""
-    from engine.audit import open_log
+    from engine.host.audit import open_log
 
     with open_log(store) as log:
         found = list(log.decisions(patient=patient))

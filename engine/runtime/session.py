@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from engine._matcher import Matcher, matcher
-from engine.compile import (
+from engine.errors import EvaluationError
+from engine.language.compile import (
     CLOCK,
     CLOCK_TYPE,
     FINDING_FIELD,
@@ -41,9 +41,9 @@ from engine.compile import (
     CompiledBranch,
     CompiledRuleset,
 )
-from engine.errors import EvaluationError
-from engine.facts import Fact, Rejection, normalise, parse_time, supersession_key
-from engine.ruleset import Collect, Conclusion, Rule
+from engine.language.ruleset import Collect, Conclusion, Rule
+from engine.runtime._matcher import Matcher, matcher
+from engine.runtime.facts import Fact, Rejection, normalise, parse_time, supersession_key
 
 MAX_FIRINGS_PER_STEP = 100_000  # a runaway chain is stopped, not left to spin
 
