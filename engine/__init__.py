@@ -10,7 +10,8 @@ with cds.session() as s:                       # incremental: one fact at a time
 
 from engine.errors import CartCdsError, EvaluationError, FactError, Problem, RuleSetError
 from engine.runtime.api import Engine, check_evaluation, load_rules
-from engine.runtime.facts import Fact, Rejection, load_facts_text
+from engine.runtime.facts import Fact, Rejection
+from engine.runtime.reading import load_facts_text
 from engine.runtime.session import Session
 
 __all__ = [

@@ -20,13 +20,13 @@ from engine.runtime import facts as F
 from engine.runtime.facts import (
     Fact,
     Rejection,
-    load_facts_text,
     normalise,
     normalise_all,
     parse_time,
     resolve_relative_time,
     supersession_key,
 )
+from engine.runtime.reading import load_facts_text
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((REPO / "schemas" / "fact.schema.json").read_text(encoding="utf-8"))

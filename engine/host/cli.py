@@ -17,7 +17,7 @@ from engine.errors import FactError, RuleSetError
 from engine.explain.report import evaluation_text, timeline_text, to_json
 from engine.language.ruleset import Scalar
 from engine.runtime.api import Engine, load_rules
-from engine.runtime.facts import load_facts_text
+from engine.runtime.reading import load_facts_text
 
 
 def _parse_policy(values: tuple[str, ...]) -> dict[str, Scalar]:

@@ -64,7 +64,8 @@ from engine.host.store import (
     StoreError,
 )
 from engine.runtime.api import Engine
-from engine.runtime.facts import Fact, load_facts_text, normalise, parse_time
+from engine.runtime.facts import Fact, normalise, parse_time
+from engine.runtime.reading import load_facts_text
 from engine.runtime.session import Session
 
 __all__ = ["SERVICES", "Settings", "create_app", "serve"]
