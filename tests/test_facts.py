@@ -626,6 +626,10 @@ def _values(spec: dict[str, Any]) -> st.SearchStrategy[Any]:
         return st.floats(low, spec.get("maximum", 1e6), exclude_min="exclusiveMinimum" in spec)
     if spec.get("format") == "date":
         return st.dates().map(lambda d: d.isoformat())
+    if spec.get("format") == "date-time":
+        return st.datetimes(datetime(2000, 1, 1), datetime(2030, 12, 31)).map(
+            lambda d: d.isoformat(timespec="seconds") + "Z"
+        )
     if "pattern" in spec:
         return st.from_regex(spec["pattern"].replace("^", r"\A").replace("$", r"\Z"))
     if kind == "object":
