@@ -477,6 +477,8 @@ def any_valid_fact(draw: st.DrawFn, types: tuple[str, ...] | None = None) -> dic
             fact.setdefault("results", draw(from_schema(props["results"])))
     elif fact_type == "oxygen_support" and fact["device"] != "none":
         fact.setdefault("indication", draw(from_schema(props["indication"])))
+    elif fact_type == "encounter" and fact["event"] in ("admission", "transfer"):
+        fact.setdefault("setting", draw(from_schema(props["setting"])))
     for alternatives in definition.get("anyOf", ()):  # pet, daily_visit: at least one field
         if fact_type != "serology" and all(k not in fact for k in alternatives["required"]):
             key = alternatives["required"][0]

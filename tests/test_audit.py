@@ -398,7 +398,7 @@ def test_a_raised_fever_threshold_replayed_under_other_rules_reports_exactly_wha
         ("CHECK_DIVERTICULAR_DISEASE_BEFORE_IL6_BLOCKADE", "crs.diverticular_check"),
     ])  # fmt: skip
     assert diff["recommendations"]["added"] == diff["recommendations"]["changed"] == []
-    assert diff["rejected"] == {"added": [], "removed": []}
+    assert diff["input_problems"] == {"added": [], "removed": []}
     assert {"field": "policy.fever_threshold_cel", "before": 38.0, "after": 38.5} in report[
         "context"
     ]

@@ -177,6 +177,54 @@ def test_docs_policy_md_is_the_generated_list_of_policy_parameters(
     )
 
 
+def test_docs_vocabulary_md_is_the_generated_input_vocabulary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run(capsys, "vocabulary", "--format", "markdown")
+    assert code == 0
+    assert "| `encounter` |" in out and "Actemra" in out and "`body_temperature`" in out
+    assert (REPO / "docs" / "vocabulary.md").read_text(encoding="utf-8") == out, (
+        "regenerate: cart-cds vocabulary --format markdown > docs/vocabulary.md"
+    )
+
+
+def test_an_incomplete_evaluation_is_printed_and_exits_3(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    facts = tmp_path / "facts.json"
+    infusion = {"type": "procedure", "name": "car_t_infusion", "status": "done",
+                "time": "2025-05-05T10:00:00Z"}  # fmt: skip
+    hot = {"id": "hot", "type": "observation", "code": "8310-5", "value": 101.5, "unit": "Cel",
+           "time": "2025-05-06T08:00:00Z"}  # fmt: skip
+    facts.write_text(json.dumps([infusion, hot]), encoding="utf-8")
+    code, out, _ = run(capsys, "evaluate", str(facts))
+    assert code == 3
+    printed = json.loads(out)
+    assert printed["status"] == "incomplete"
+    assert [p["code"] for p in printed["input_problems"]] == ["IMPLAUSIBLE_VALUE"]
+    code, out, _ = run(capsys, "evaluate", str(facts), "--format", "text", "--no-trace")
+    assert code == 3
+    assert "status: INCOMPLETE: 1 fact(s) could not be used (hot)" in out
+    assert "crs: grade=NOT_GRADED" in out
+    code, out, _ = run(capsys, "evaluate", str(facts), "--timeline", "--format", "text")
+    assert code == 3 and "[INCOMPLETE]" in out
+
+
+def test_a_complete_evaluation_with_warnings_exits_0(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    facts = tmp_path / "facts.json"
+    facts.write_text(
+        json.dumps(
+            [{"type": "caregiver", "available": True, "time": "2025-05-05", "shoe_size": 42}]
+        ),
+        encoding="utf-8",
+    )
+    code, out, _ = run(capsys, "evaluate", str(facts))
+    assert code == 0
+    assert json.loads(out)["input_problems"][0]["code"] == "UNKNOWN_FIELD"
+
+
 def test_policy_lists_each_parameter_with_its_value_and_place(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -212,4 +260,4 @@ def test_the_full_course_example_shows_every_phase_in_its_timeline(
     assert first["findings"]["eligibility"]["decision"] == "ELIGIBLE"
     grades = [s["findings"]["crs"]["grade"] for s in steps if "crs" in s["findings"]]
     assert max(grades) == 2 and grades[-1] == 0
-    assert all(s["rejected"] == [] for s in steps)
+    assert all(s["input_problems"] == [] and s["status"] == "complete" for s in steps)

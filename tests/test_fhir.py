@@ -128,7 +128,7 @@ def test_the_crs_bundle_facts_grade_crs_3_by_fever_and_one_vasopressor(
 ) -> None:
     facts, _ = bundle_to_facts(load("crs-episode", "bundle.json"))
     result = cds.evaluate(facts)
-    assert result["rejected"] == []
+    assert result["input_problems"] == []
     assert result["findings"]["crs"]["grade"] == 3
     assert result["findings"]["crs"]["driver"] == "ONE_VASOPRESSOR"
     assert result["findings"]["crs_fever"]  # fever, not only the waiver after tocilizumab
@@ -180,7 +180,7 @@ def test_cli_evaluate_of_a_bundle_exits_0_evaluates_the_mapped_facts_and_prints_
     result = json.loads(out)
     assert result["patient"] == "p1"
     assert result["as_of"] == "2025-05-06T08:00:00Z"
-    assert result["rejected"] == []
+    assert result["input_problems"] == []
     expected = [
         f"bundle entry #{u['index']} ({u['resource_type']}/{u['resource_id']}): {u['reason']}"
         for u in load("unmappable", "expected-unmapped.json")

@@ -17,7 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import engine
-from engine.runtime.facts import Fact, normalise, normalise_all, parse_time
+from engine.runtime.facts import Fact, Rejection, normalise, normalise_all, parse_time
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -290,44 +290,44 @@ def test_after_fever_resolves_without_a_masking_drug_the_grade_is_0_and_escalati
 @example(facts=OVERFLOW)
 @example(facts=DEFAULT_FILLED)
 @given(facts=st.lists(gen.any_valid_fact(), max_size=12))
-def test_schema_valid_facts_of_any_type_evaluate_and_each_is_used_or_rejected_with_a_reason(
+def test_nothing_is_lost_every_fact_is_used_or_named_in_the_input_problems(
     cds: engine.Engine, facts: list[Any]
 ) -> None:
-    accepted, rejected = normalise_all(facts)
-    assert len(accepted) + len(rejected) == len(facts)
-
-    evaluation = evaluate_checked(cds, facts)
-    indices = [r["index"] for r in evaluation["rejected"]]
-    assert len(set(indices)) == len(indices), "an input is rejected twice"
-    refused_on_input = {i for i, raw in enumerate(facts) if not isinstance(normalise(raw), Fact)}
-    assert refused_on_input <= set(indices)
-    for r in evaluation["rejected"]:
-        assert isinstance(r["reason"], str) and r["reason"]
-        assert facts[r["index"]] == r["fact"], f"rejection {r['index']} is not that input"
-
-    with cds.session() as session:  # used: among the session's facts
+    evaluate_checked(cds, facts)
+    with cds.session() as session:  # fed in input order: the same checks as a batch
         for index, raw in enumerate(facts):
             session.add(raw, index)
-        kept = {f.id for f in session.facts()}
-        refused = {r["index"] for r in cds.evaluation(session)["rejected"]}
-    assert len(kept) + len(refused) == len(facts)
+        used = {f.id for f in session.facts()}
+        evaluation = cds.evaluation(session)
+    engine.check_evaluation(evaluation)
+    named = {p["fact"] for p in evaluation["input_problems"]}
+    for p in evaluation["input_problems"]:
+        assert isinstance(p["message"], str) and p["message"]
+    assert (evaluation["status"] == "incomplete") == any(
+        p["severity"] == "error" for p in evaluation["input_problems"]
+    )
     for index, raw in enumerate(facts):
         result = normalise(raw, index)
-        assert index in refused or (isinstance(result, Fact) and result.id in kept)
+        if isinstance(result, Rejection):
+            assert result.id in named, f"input {index} was not used and not named"
+        elif isinstance(result, Fact):
+            assert result.id in used or result.id in named, f"input {index} vanished"
 
 
 @settings(max_examples=150, deadline=None)
 @example(values=DEPENDENT_REQUIRED)
 @given(values=st.lists(junk(), max_size=10))
-def test_arbitrary_json_never_raises_and_is_rejected_at_its_index_with_a_reason(
+def test_arbitrary_json_never_raises_and_what_cannot_be_used_is_named_and_changes_nothing(
     cds: engine.Engine, values: list[Any]
 ) -> None:
     evaluation = evaluate_checked(cds, values)
-    assert [r["index"] for r in evaluation["rejected"]] == list(range(len(values)))
-    for r in evaluation["rejected"]:
-        assert isinstance(r["reason"], str) and r["reason"]
-        assert r["fact"] == values[r["index"]]
-    assert normal_form(evaluation) == normal_form(cds.evaluate([]))  # junk changes nothing
+    named = {p["fact"] for p in evaluation["input_problems"] if p["severity"] == "error"}
+    read = [normalise(v, i) for i, v in enumerate(values)]
+    refused = [r for r in read if isinstance(r, Rejection) and r.reason]
+    assert {r.id for r in refused} <= named
+    assert (evaluation["status"] == "incomplete") == bool(named)
+    if all(isinstance(r, Rejection) for r in read):
+        assert normal_form(evaluation) == normal_form(cds.evaluate([]))  # junk changes nothing
 
 
 # ---------------------------------------------------------------------------- 8-9 output

@@ -142,29 +142,31 @@ def test_a_retracted_blocker_among_several_does_not_unblock_the_rule(cds: engine
     assert "crs_masking" not in result["findings"]
 
 
-def test_facts_after_as_of_are_rejected_with_a_reason(cds: engine.Engine) -> None:
+def test_facts_after_as_of_are_outside_the_evaluation_not_problems(cds: engine.Engine) -> None:
     result = cds.evaluate(
         [INFUSION, temp("t", "2025-05-06T08:00:00Z", 38.5)], as_of="2025-05-06T00:00:00Z"
     )
-    (rejected,) = result["rejected"]
-    assert rejected["id"] == "t"
-    assert "after as_of" in rejected["reason"]
+    assert result["after_as_of"] == ["t"]
+    assert result["input_problems"] == []
+    assert result["status"] == "complete"
 
 
-def test_invalid_facts_are_listed_as_rejected_not_dropped(cds: engine.Engine) -> None:
+def test_invalid_facts_are_input_problems_not_dropped(cds: engine.Engine) -> None:
     bad = {"id": "x", "type": "observaton", "time": "2025-05-06T08:00:00Z"}
     result = cds.evaluate([INFUSION, bad])
-    (rejected,) = result["rejected"]
-    assert rejected["index"] == 1
-    assert "did you mean 'observation'" in rejected["reason"]
+    (problem,) = result["input_problems"]
+    assert (problem["fact"], problem["code"], problem["severity"]) == ("x", "UNKNOWN_TYPE", "error")
+    assert "did you mean 'observation'" in problem["message"]
+    assert result["status"] == "incomplete"
 
 
-def test_a_duplicate_fact_is_rejected_as_a_duplicate(cds: engine.Engine) -> None:
+def test_a_fact_sent_twice_is_the_same_fact(cds: engine.Engine) -> None:
     with cds.session() as s:
         s.add(INFUSION)
         s.add(INFUSION)
-        (rejected,) = cds.evaluation(s)["rejected"]
-    assert rejected["reason"] == "duplicate of fact 'inf'"
+        again = cds.evaluation(s)
+    assert again["input_problems"] == []
+    assert again["status"] == "complete"
 
 
 def test_recommendations_name_the_input_facts_they_rest_on(cds: engine.Engine) -> None:
@@ -390,7 +392,7 @@ def test_an_integer_joins_an_equal_float(tmp_path: Path) -> None:
             "id": "c",
             "type": "condition",
             "time": "2025-05-01T00:00:00Z",
-            "name": "x",
+            "name": "hypotension",
             "status": "active",
             "grade": 2,
         },

@@ -155,4 +155,4 @@ def test_every_scenario_evaluation_meets_the_output_contract(
     sc = scenarios[vid]
     result = cds.evaluate(sc.facts)
     engine.check_evaluation(result)
-    assert result["rejected"] == []
+    assert result["input_problems"] == []

@@ -161,6 +161,28 @@ def test_patient_view_renders_the_crs_grade_and_every_recommendation_as_cards(ap
     assert all(len(c["summary"]) <= 140 and c["uuid"] for c in cards)
 
 
+def test_every_hook_leads_with_a_critical_card_while_the_evaluation_is_incomplete(
+    api: Api,
+) -> None:
+    store_history(api, "pv-9")
+    hot = {"id": "hot", "type": "observation", "code": "8310-5", "value": 101.5, "unit": "Cel",
+           "time": GRADE2_AT}  # fmt: skip
+    assert api.post("/patients/pv-9/facts", json=[hot]).status_code == 200
+    for url, body in (
+        (PATIENT_VIEW, hook("patient-view", "pv-9")),
+        (ORDER_SIGN, hook("order-sign", "pv-9",
+                          draftOrders=draft(medication_request("o1", GRADE2_AT)))),
+    ):  # fmt: skip
+        r = api.post(url, json=body)
+        assert r.status_code == 200, r.text
+        (card,) = [c for c in r.json()["cards"] if c["source"]["topic"]["code"] == "input_not_used"]
+        assert card["indicator"] == "critical"
+        assert card["summary"] == (
+            "1 fact(s) could not be used; grading and eligibility may be wrong: verify"
+        )
+        assert "`hot` (IMPLAUSIBLE_VALUE)" in card["detail"]
+
+
 def test_card_uuids_are_the_same_for_the_same_evaluation(api: Api) -> None:
     store_history(api, "pv-2")
     first = api.post(PATIENT_VIEW, json=hook("patient-view", "pv-2")).json()["cards"]
@@ -337,28 +359,40 @@ def test_appending_facts_is_idempotent_and_answers_after_the_commit(
         store.close()
 
 
-def test_a_refused_fact_refuses_the_whole_request_listing_each_reason(api: Api) -> None:
+def test_unusable_facts_are_stored_with_their_problems_and_make_evaluations_incomplete(
+    api: Api,
+) -> None:
     facts = crs_history("fa-2")[:5]
     facts[2] = {**facts[2], "unit": "K"}
     facts[4] = {**facts[4], "type": "observaton"}
     r = api.post("/patients/fa-2/facts", json=facts)
-    assert r.status_code == 422
+    assert r.status_code == 200
     body = r.json()
-    assert body["detail"] == "2 of 5 facts refused; nothing was stored"
-    assert [p["index"] for p in body["problems"]] == [2, 4]
-    assert "unknown unit 'K'" in body["problems"][0]["reason"]
-    assert "did you mean 'observation'?" in body["problems"][1]["reason"]
-    assert api.get("/patients/fa-2/facts").status_code == 404
+    assert len(body["added"]) == 5
+    problems = {p["fact"]: p for p in body["input_problems"]}
+    assert problems[facts[2]["id"]]["code"] == "UNKNOWN_UNIT"
+    assert "unknown unit 'K'" in problems[facts[2]["id"]]["message"]
+    assert problems[facts[4]["id"]]["code"] == "UNKNOWN_TYPE"
+    assert "did you mean 'observation'?" in problems[facts[4]["id"]]["message"]
+    evaluation = api.get("/patients/fa-2/evaluation").json()
+    assert evaluation["status"] == "incomplete"
+    assert {p["fact"] for p in evaluation["input_problems"]} == set(problems)
 
 
-def test_other_content_under_a_stored_fact_id_is_422_and_nothing_is_stored(api: Api) -> None:
+def test_other_content_under_a_stored_fact_id_is_a_new_version_used_from_then_on(
+    api: Api,
+) -> None:
     facts = crs_history("fa-3")[:3]
     api.post("/patients/fa-3/facts", json=facts)
     changed = [crs_history("fa-3")[5] | {"id": "new-1"}, {**facts[2], "value": 40.1}]
     r = api.post("/patients/fa-3/facts", json=changed)
-    assert r.status_code == 422
-    assert r.json()["problems"][0]["id"] == facts[2]["id"]
-    assert api.get("/patients/fa-3/facts").json()["revision"]["count"] == 3
+    assert r.status_code == 200
+    assert r.json()["versions"] == [facts[2]["id"]]
+    assert api.get("/patients/fa-3/facts").json()["revision"]["count"] == 5
+    evaluation = api.get("/patients/fa-3/evaluation").json()
+    problem = {"fact": facts[2]["id"], "code": "SUPERSEDED_BY_CORRECTION"}
+    assert problem.items() <= evaluation["input_problems"][0].items()
+    assert evaluation["status"] == "complete"
 
 
 def test_facts_may_come_as_ndjson_or_as_a_fhir_bundle(api: Api) -> None:
@@ -387,10 +421,12 @@ def test_facts_may_come_as_ndjson_or_as_a_fhir_bundle(api: Api) -> None:
     assert r.json()["unmapped"][0]["resource_type"] == "Encounter"
 
 
-def test_a_fact_for_another_patient_is_refused(api: Api) -> None:
+def test_a_fact_for_another_patient_is_not_stored_and_said_so(api: Api) -> None:
     r = api.post("/patients/fa-5/facts", json=crs_history("someone-else")[:1])
-    assert r.status_code == 422
-    assert "another patient" in r.json()["problems"][0]["reason"]
+    assert r.status_code == 200
+    assert r.json()["added"] == []
+    (problem,) = r.json()["input_problems"]
+    assert problem["code"] == "WRONG_PATIENT" and "patient 'someone-else'" in problem["message"]
 
 
 def test_the_evaluation_is_the_engines_over_the_stored_facts_with_its_trace(
@@ -417,13 +453,16 @@ def test_as_of_evaluates_the_facts_known_at_that_time(api: Api, cds: engine.Engi
     assert bad.status_code == 422 and "invalid time 'last tuesday'" in bad.json()["detail"]
 
 
-def test_evaluate_answers_for_a_one_off_fact_list_and_refuses_bad_facts(api: Api) -> None:
+def test_evaluate_answers_for_a_one_off_fact_list_and_says_what_it_could_not_use(api: Api) -> None:
     facts = [f for f in crs_history("oo-1") if f["time"] <= GRADE2_AT]
     r = api.post("/evaluate", json=facts)
     assert r.status_code == 200 and r.json()["findings"]["crs"]["grade"] == 2
     r = api.post("/evaluate", json=[*facts, {"type": "vitals", "time": "2025-03-01"}])
-    assert r.status_code == 422
-    assert "unknown fact type 'vitals'" in r.json()["problems"][0]["reason"]
+    assert r.status_code == 200
+    assert r.json()["status"] == "incomplete"
+    assert "unknown fact type 'vitals'" in r.json()["input_problems"][0]["message"]
+    assert r.json()["findings"]["crs"]["grade"] == 2  # a lower bound, said incomplete
+    assert r.json()["findings"]["crs"]["complete"] is False
     assert api.get("/patients/oo-1/facts").status_code == 404
 
 

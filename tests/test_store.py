@@ -17,7 +17,6 @@ from servers import Postgres, Service, crs_history, postgres
 import engine
 from engine.host.store import (
     SCHEMA_VERSION,
-    ConflictError,
     FeedbackRecord,
     IssuedCard,
     SqlStore,
@@ -67,31 +66,50 @@ def test_appending_the_same_fact_twice_stores_it_once(store: SqlStore) -> None:
     assert [f["id"] for f in store.facts("p1")] == ["t1"]
 
 
-def test_other_content_under_a_stored_id_is_refused_and_nothing_of_the_append_is_kept(
+def test_other_content_under_a_stored_id_is_a_new_version_kept_beside_the_first(
     store: SqlStore,
 ) -> None:
     store.append("p1", [stored(temp("t1", "2025-01-01T08:00:00Z", 37.0))])
-    with pytest.raises(ConflictError) as refused:
-        store.append(
-            "p1",
-            [
-                stored(temp("t2", "2025-01-01T12:00:00Z", 38.0)),
-                stored(temp("t1", "2025-01-01T08:00:00Z", 39.5)),
-            ],
-        )
-    assert [fid for fid, _ in refused.value.conflicts] == ["t1"]
-    assert "different content" in refused.value.conflicts[0][1]
-    assert [f["value"] for f in store.facts("p1")] == [37.0]
+    result = store.append(
+        "p1",
+        [
+            stored(temp("t2", "2025-01-01T12:00:00Z", 38.0)),
+            stored(temp("t1", "2025-01-01T08:00:00Z", 39.5)),
+        ],
+    )
+    assert (result.added, result.versions) == (("t2", "t1"), ("t1",))
+    assert [(f["id"], f["value"]) for f in store.facts("p1")] == [
+        ("t1", 37.0),
+        ("t2", 38.0),
+        ("t1", 39.5),
+    ]
+    again = store.append("p1", [stored(temp("t1", "2025-01-01T08:00:00Z", 39.5))])
+    assert (again.added, again.existing) == ((), ("t1",))
 
 
-def test_one_id_twice_in_one_append_with_other_content_is_refused(store: SqlStore) -> None:
-    with pytest.raises(ConflictError):
-        store.append(
-            "p1",
-            [stored(temp("t1", "2025-01-01T08:00:00Z", 37.0)),
-             stored(temp("t1", "2025-01-01T08:00:00Z", 38.0))],
-        )  # fmt: skip
-    assert store.facts("p1") == []
+def test_two_versions_in_one_append_are_both_kept_in_order(store: SqlStore) -> None:
+    result = store.append(
+        "p1",
+        [stored(temp("t1", "2025-01-01T08:00:00Z", 37.0)),
+         stored(temp("t1", "2025-01-01T08:00:00Z", 38.0))],
+    )  # fmt: skip
+    assert result.versions == ("t1",)
+    assert [f["value"] for f in store.facts("p1")] == [37.0, 38.0]
+
+
+def test_an_entered_in_error_version_removes_the_value_from_later_evaluations(
+    store: SqlStore, cds: Any
+) -> None:
+    infusion = {"id": "inf", "type": "procedure", "name": "car_t_infusion", "status": "done",
+                "time": "2025-01-01T00:00:00Z"}  # fmt: skip
+    store.append("p1", [stored(infusion), stored(temp("t1", "2025-01-02T08:00:00Z", 40.5))])
+    assert cds.evaluate(store.facts("p1"))["findings"]["crs"]["grade"] == 1
+    retraction = {"id": "t1", "type": "observation", "status": "entered-in-error",
+                  "patient": "p1"}  # fmt: skip
+    store.append("p1", [StoredFact.received("t1", None, retraction)])
+    after = cds.evaluate(store.facts("p1"))
+    assert after["findings"]["crs"]["grade"] == 0
+    assert [(p["fact"], p["code"]) for p in after["input_problems"]] == [("t1", "RETRACTED")]
 
 
 def test_facts_come_back_in_append_order_and_until_filters_by_fact_time(store: SqlStore) -> None:
@@ -99,7 +117,7 @@ def test_facts_come_back_in_append_order_and_until_filters_by_fact_time(store: S
     store.append("p1", [stored(temp("early", "2025-01-01T08:00:00Z", 37.1))])
     store.append("p1", [stored(temp("mid", "2025-01-02T08:00:00Z", 37.2))])
     assert [f["id"] for f in store.facts("p1")] == ["late", "early", "mid"]
-    until = normalise(temp("x", "2025-01-02T08:00:00Z", 0))
+    until = normalise(temp("x", "2025-01-02T08:00:00Z", 37.0))
     assert isinstance(until, Fact)
     assert [f["id"] for f in store.facts("p1", until=until.t)] == ["early", "mid"]
 
@@ -178,6 +196,36 @@ def test_reopening_a_store_keeps_its_facts_and_its_schema_version(tmp_path: Path
     again.close()
 
 
+def test_a_version_3_store_is_migrated_to_keep_versions_of_a_fact(store: SqlStore) -> None:
+    """Version 3 had one row per (patient, fact id); version 4 one per content."""
+    store.append("p1", [stored(temp("t1", "2025-01-01T08:00:00Z", 37.0))])
+    with store.backend.transaction() as run:  # back to the version-3 shape of the table
+        constraint = "facts_version" if store.dialect == "postgresql" else None
+        if constraint:
+            run("ALTER TABLE facts DROP CONSTRAINT facts_version", ())
+            run("ALTER TABLE facts ADD CONSTRAINT facts_patient_fact_id_key "
+                "UNIQUE (patient, fact_id)", ())  # fmt: skip
+        else:
+            for statement in (
+                "CREATE TABLE facts_v3 (seq INTEGER PRIMARY KEY AUTOINCREMENT, patient TEXT "
+                "NOT NULL, fact_id TEXT NOT NULL, t REAL NOT NULL, digest TEXT NOT NULL, "
+                "body TEXT NOT NULL, stored_at TEXT NOT NULL, UNIQUE (patient, fact_id))",
+                "INSERT INTO facts_v3 SELECT * FROM facts",
+                "DROP TABLE facts",
+                "ALTER TABLE facts_v3 RENAME TO facts",
+            ):
+                run(statement, ())
+        run("UPDATE schema_version SET version = 3 WHERE component = 'store'", ())
+    again = open_store(store.target)
+    try:
+        assert again.schema_version == SCHEMA_VERSION == 4
+        result = again.append("p1", [stored(temp("t1", "2025-01-01T08:00:00Z", 38.0))])
+        assert result.versions == ("t1",)
+        assert [f["value"] for f in again.facts("p1")] == [37.0, 38.0]
+    finally:
+        again.close()
+
+
 def test_a_store_from_a_newer_cart_cds_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     open_store(str(path)).close()
@@ -250,7 +298,7 @@ def _kill_while_appending(service: Service, cds: engine.Engine) -> None:
     fresh = cds.evaluate(facts)
     assert served["findings"] == fresh["findings"]
     assert served["recommendations"] == fresh["recommendations"]
-    assert served["rejected"] == []
+    assert served["input_problems"] == []
 
 
 @pytest.mark.slow

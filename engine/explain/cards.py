@@ -434,21 +434,53 @@ class CardMaker:
         service: str,
         patient: str,
     ) -> list[Rendered]:
-        """A warning when data sent with the call could not be used (a FHIR entry that did
-        not map, a fact the engine refused): the advice may then be incomplete."""
-        lines: list[str] = []
-        keys: list[str] = []
-        for r in evaluation.get("rejected") or []:
-            ident = str(r.get("id") if r.get("id") is not None else f"#{r.get('index')}")
-            keys.append(f"fact:{ident}:{r.get('reason')}")
-            lines.append(f"- fact `{ident}`: {r.get('reason')}")
+        """Unknown is not false: a critical card whenever the evaluation is incomplete (facts
+        the engine could not use: grading and eligibility may be wrong), listing them; and a
+        warning for FHIR entries sent with the call that did not become facts."""
+        errors = [p for p in evaluation.get("input_problems") or [] if p.get("severity") == "error"]
+        out: list[Rendered] = []
+        if errors:
+            facts = sorted({str(p.get("fact")) for p in errors})
+            keys = [f"fact:{p.get('fact')}:{p.get('code')}" for p in errors]
+            lines = [
+                f"- fact `{p.get('fact')}` ({p.get('code')}): {p.get('message')}" for p in errors
+            ]
+            card = Card(
+                uuid=card_uuid("unused", "cart-cds.input", 1, "INPUT_NOT_USED", keys),
+                summary=_summary(
+                    f"{len(facts)} fact(s) could not be used; grading and eligibility may be "
+                    "wrong: verify"
+                ),
+                detail="\n\n".join(
+                    [
+                        "The engine did not use these facts. Every decision they could change "
+                        "is shown as incomplete (eligibility at most REVIEW, no grade 0, no "
+                        "PROCEED, not ready for discharge):",
+                        "\n".join(_shown(lines)),
+                    ]
+                ),
+                indicator="critical",
+                source=Source(
+                    label="cart-cds input check",
+                    url=f"{self.base_url}/openapi.json",
+                    topic=Coding(
+                        system=FINDING_SYSTEM, code="input_not_used", display="input not used"
+                    ),
+                ),
+            )
+            out.append(
+                self._issued(
+                    card, "input", "INPUT_NOT_USED", "cart-cds.input", keys, service, patient
+                )
+            )
+        lines = []
+        keys = []
         for u in unmapped:
             ident = f"{u.resource_type or '?'}/{u.resource_id or '?'}"
             keys.append(f"fhir:{ident}:{u.reason}")
             lines.append(f"- FHIR `{ident}` (entry {u.index}): {u.reason}")
         if not lines:
-            return []
-        shown = lines[:15] + ([f"- and {len(lines) - 15} more"] if len(lines) > 15 else [])
+            return out
         card = Card(
             uuid=card_uuid("unused", "cart-cds.input", 1, "DATA_NOT_USED", keys),
             summary=_summary(
@@ -456,7 +488,7 @@ class CardMaker:
                 "incomplete"
             ),
             detail="\n\n".join(
-                ["These data were sent but not used by the rules:", "\n".join(shown)]
+                ["These data were sent but not used by the rules:", "\n".join(_shown(lines))]
             ),
             indicator="warning",
             source=Source(
@@ -465,9 +497,10 @@ class CardMaker:
                 topic=Coding(system=FINDING_SYSTEM, code="data_not_used", display="data not used"),
             ),
         )
-        return [
+        out.append(
             self._issued(card, "input", "DATA_NOT_USED", "cart-cds.input", keys, service, patient)
-        ]
+        )
+        return out
 
     # -- order-select / order-sign ------------------------------------------------------------
 
@@ -726,3 +759,7 @@ def _tocilizumab_suggestion(
 _SUGGESTIONS: dict[str, SuggestionMaker] = {
     "TOCILIZUMAB_8MG_KG_MAX_800MG": _tocilizumab_suggestion,
 }
+
+
+def _shown(lines: Sequence[str], most: int = 15) -> list[str]:
+    return list(lines[:most]) + ([f"- and {len(lines) - most} more"] if len(lines) > most else [])

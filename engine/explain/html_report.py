@@ -469,7 +469,7 @@ def _provenance_html(rules: Iterable[RuleInfo]) -> str:
     )
 
 
-def _facts_html(facts: Sequence[Fact], rejected: Sequence[Mapping[str, Any]]) -> str:
+def _facts_html(facts: Sequence[Fact], problems: Sequence[Mapping[str, Any]]) -> str:
     rows = "".join(
         f"<tr><td>{_e(f.time)}</td><td><code>{_e(f.id)}</code></td><td>{_e(describe_fact(f))}</td></tr>"
         for f in sorted(facts, key=lambda f: (f.t, f.id))
@@ -478,13 +478,13 @@ def _facts_html(facts: Sequence[Fact], rejected: Sequence[Mapping[str, Any]]) ->
         f"<details><summary>{len(facts)} input facts</summary><table><thead><tr><th>time</th>"
         f"<th>id</th><th>fact</th></tr></thead><tbody>{rows}</tbody></table></details>"
     )
-    if rejected:
+    if problems:
         items = "".join(
-            f"<li>#{_e(r.get('index'))} <code>{_e(r.get('id') or '')}</code>: "
-            f"{_e(r.get('reason'))}</li>"
-            for r in rejected
+            f"<li>{_e(str(p.get('severity')).upper())} {_e(p.get('code'))} "
+            f"<code>{_e(p.get('fact'))}</code>: {_e(p.get('message'))}</li>"
+            for p in problems
         )
-        out += f'<h3>Refused facts</h3><ul class="rejected">{items}</ul>'
+        out += f'<h3>Input problems</h3><ul class="input-problems">{items}</ul>'
     return out
 
 
@@ -586,7 +586,7 @@ def render_html(
 <h2>Rule provenance</h2>
 {_provenance_html(rules.values())}
 <h2>Input</h2>
-{_facts_html(fact_list, final.get("rejected", []))}
+{_facts_html(fact_list, final.get("input_problems", []))}
 </body>
 </html>
 """

@@ -20,8 +20,17 @@ def _value(v: object) -> str:
 
 
 def _fields(finding: Mapping[str, Any]) -> str:
-    skip = {"id", "rule", "since", "because"}
+    skip = {"id", "rule", "since", "because", "complete", "not_used"}
     return ", ".join(f"{k}={_value(v)}" for k, v in finding.items() if k not in skip)
+
+
+def _incomplete(item: Mapping[str, Any]) -> str:
+    """What a reader must know of a finding input it could not use touches."""
+    if item.get("complete") is not False:
+        return ""
+    grade = item.get("grade")
+    bound = f"at least {grade}, " if isinstance(grade, int) and not isinstance(grade, bool) else ""
+    return f"  ({bound}input missing: {', '.join(item.get('not_used') or [])})"
 
 
 def findings_lines(findings: Mapping[str, Any]) -> list[str]:
@@ -29,8 +38,28 @@ def findings_lines(findings: Mapping[str, Any]) -> list[str]:
     for name, value in findings.items():
         items = value if isinstance(value, list) else [value]
         for item in items:
-            lines.append(f"  {name}: {_fields(item)}  [{item['rule']}]")
+            lines.append(f"  {name}: {_fields(item)}  [{item['rule']}]{_incomplete(item)}")
     return lines or ["  (none)"]
+
+
+def problem_lines(problems: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [
+        f"  {p['severity'].upper():8} {p['code']} fact {p['fact']}"
+        + (f" field {p['field']}" if p.get("field") else "")
+        + f": {p['message']}"
+        for p in problems
+    ]
+
+
+def status_line(ev: Mapping[str, Any]) -> str:
+    errors = [p for p in ev.get("input_problems") or [] if p["severity"] == "error"]
+    if not errors:
+        return "status: complete (every fact was used)"
+    facts = sorted({p["fact"] for p in errors})
+    return (
+        f"status: INCOMPLETE: {len(facts)} fact(s) could not be used ({', '.join(facts)}); "
+        "the decisions they touch are degraded: verify"
+    )
 
 
 def recommendation_lines(recs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -66,6 +95,9 @@ def trace_lines(trace: Iterable[Mapping[str, Any]]) -> list[str]:
             lines.append(f"{head} fact {t['fact']} replaced by {t['by']}")
         elif event == "rejected":
             lines.append(f"{head} fact #{t['index']} ({t.get('fact')}): {t['reason']}")
+        elif event in ("corrected", "retracted"):
+            how = "corrected by" if event == "corrected" else "entered in error, retracted by"
+            lines.append(f"{head} fact {t['fact']} {how} {t['by']}")
     return lines
 
 
@@ -75,14 +107,17 @@ def evaluation_text(ev: Mapping[str, Any], *, trace: bool = True) -> str:
         f"patient {ev['patient'] or '-'} as of {ev['as_of'] or '-'}",
         f"rules {rs['name']} {rs['version']} (sha256 {rs['digest'][:12]}), "
         f"engine {ev['engine']['version']}",
+        status_line(ev),
         "findings:",
         *findings_lines(ev["findings"]),
         "recommendations:",
         *recommendation_lines(ev["recommendations"]),
     ]
-    if ev["rejected"]:
-        lines.append("rejected facts:")
-        lines.extend(f"  #{r['index']} {r['id'] or ''}: {r['reason']}" for r in ev["rejected"])
+    if ev.get("input_problems"):
+        lines.append("input problems:")
+        lines.extend(problem_lines(ev["input_problems"]))
+    if ev.get("after_as_of"):
+        lines.append(f"after as_of (not evaluated): {', '.join(ev['after_as_of'])}")
     if trace:
         lines.append("trace:")
         lines.extend(trace_lines(ev["trace"]) or ["  (nothing fired)"])
@@ -94,7 +129,8 @@ def timeline_text(steps: Sequence[Mapping[str, Any]]) -> str:
     for step in steps:
         crs = step["findings"].get("crs")
         grade = f" CRS grade {crs.get('grade')}" if isinstance(crs, dict) else ""
-        out.append(f"== as of {step['as_of']}{grade} ==")
+        mark = " [INCOMPLETE]" if step.get("status") == "incomplete" else ""
+        out.append(f"== as of {step['as_of']}{grade}{mark} ==")
         out.append("findings:")
         out.extend(findings_lines(step["findings"]))
         out.append(

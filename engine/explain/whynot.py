@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.language.compile import CLOCK, FINDING_FIELD, FINDING_TYPE, ID_FIELD, VIEW_CODE
 from engine.language.ruleset import Const, Pattern, Ref, Rule, Test
-from engine.runtime.session import iso
+from engine.runtime.times import iso
 
 Bindings = dict[str, dict[str, Any]]
 

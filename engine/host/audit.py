@@ -36,7 +36,12 @@ from typing import Any
 
 from engine._resources import engine_version
 from engine.errors import CartCdsError
-from engine.explain.report import findings_lines, recommendation_lines, trace_lines
+from engine.explain.report import (
+    findings_lines,
+    problem_lines,
+    recommendation_lines,
+    trace_lines,
+)
 from engine.host.store import SqlStore, StoreError, open_store
 from engine.language.ruleset import RuleSet, Scalar
 from engine.language.validate import digest_of_sources
@@ -194,7 +199,7 @@ class Decision:
             + (", ".join(f"{k}={v}" for k, v in sorted(overrides.items())) or "no overrides"),
             f"  engine         {eng.get('name')} {eng.get('version')}, "
             f"durable-rules {eng.get('durable_rules')}",
-            f"  facts          {len(self.facts)} ({len(ev.get('rejected', []))} rejected)",
+            f"  facts          {len(self.facts)} ({_error_count(ev)} not used)",
             f"  hash           {self.hash}" + ("" if hash_ok else "  (DOES NOT MATCH THE CONTENT)"),
             f"  previous hash  {self.prev_hash}",
             "findings:",
@@ -202,9 +207,10 @@ class Decision:
             "recommendations:",
             *recommendation_lines(ev.get("recommendations", [])),
         ]
-        if ev.get("rejected"):
-            lines.append("rejected facts:")
-            lines.extend(f"  #{r['index']} {r['id'] or ''}: {r['reason']}" for r in ev["rejected"])
+        problems = input_problems_of(ev)
+        if problems:
+            lines.append("input problems:")
+            lines.extend(problem_lines(problems))
         return "\n".join(lines)
 
 
@@ -732,8 +738,8 @@ class Differences:
     recommendations_added: tuple[Mapping[str, Any], ...] = ()
     recommendations_removed: tuple[Mapping[str, Any], ...] = ()
     recommendations_changed: tuple[RecommendationChange, ...] = ()
-    rejected_added: tuple[Mapping[str, Any], ...] = ()
-    rejected_removed: tuple[Mapping[str, Any], ...] = ()
+    problems_added: tuple[Mapping[str, Any], ...] = ()
+    problems_removed: tuple[Mapping[str, Any], ...] = ()
     trace_removed: tuple[Mapping[str, Any], ...] = ()  # only in the recorded trace
     trace_added: tuple[Mapping[str, Any], ...] = ()  # only in the replayed trace
     trace_lengths: tuple[int, int] = (0, 0)  # (recorded, replayed)
@@ -749,8 +755,8 @@ class Differences:
                 self.recommendations_added,
                 self.recommendations_removed,
                 self.recommendations_changed,
-                self.rejected_added,
-                self.rejected_removed,
+                self.problems_added,
+                self.problems_removed,
                 self.trace_removed,
                 self.trace_added,
                 self.other,
@@ -773,9 +779,9 @@ class Differences:
                 "removed": [dict(r) for r in self.recommendations_removed],
                 "changed": [c.as_dict() for c in self.recommendations_changed],
             },
-            "rejected": {
-                "added": [dict(r) for r in self.rejected_added],
-                "removed": [dict(r) for r in self.rejected_removed],
+            "input_problems": {
+                "added": [dict(r) for r in self.problems_added],
+                "removed": [dict(r) for r in self.problems_removed],
             },
             "trace": {
                 "recorded": self.trace_lengths[0],
@@ -804,10 +810,14 @@ class Differences:
         for rc in self.recommendations_changed:
             out.append(f"recommendation changed: {rc.code} [{rc.rule}]")
             out.extend(f"  {c.text()}" for c in rc.changes)
-        for r in self.rejected_removed:
-            out.append(f"rejected fact no longer rejected: #{r.get('index')} {r.get('reason')}")
-        for r in self.rejected_added:
-            out.append(f"fact now rejected: #{r.get('index')} {r.get('reason')}")
+        for r in self.problems_removed:
+            out.append(
+                f"input problem gone: {r.get('code')} fact {r.get('fact')}: {r.get('message')}"
+            )
+        for r in self.problems_added:
+            out.append(
+                f"input problem new: {r.get('code')} fact {r.get('fact')}: {r.get('message')}"
+            )
         out.extend(f"{c.text()}" for c in self.other)
         if self.trace_removed or self.trace_added:
             recorded, replayed = self.trace_lengths
@@ -864,7 +874,7 @@ class Replay:
         lines.extend(f"  {c.text()}" for c in self.context)
         if self.identical:
             lines.append(
-                "identical: findings, recommendations, rejected facts and trace are as recorded"
+                "identical: findings, recommendations, input problems and trace are as recorded"
             )
         else:
             lines.append("DIFFERENT from the recorded decision:")
@@ -874,10 +884,10 @@ class Replay:
 
 def compare(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) -> Differences:
     """The differences that make two evaluations of the same facts different decisions:
-    findings (field by field), recommendations (matched by code and rule), rejected
-    facts, the trace (in order; file:line compared without the directory) and the
-    patient and `as_of`. The rule set, engine and policy blocks are context, not part
-    of the decision (see `Replay.context`)."""
+    findings (field by field), recommendations (matched by code and rule), input
+    problems (and so the status), the trace (in order; file:line compared without the
+    directory) and the patient and `as_of`. The rule set, engine and policy blocks are
+    context, not part of the decision (see `Replay.context`)."""
     f_before, f_after = recorded.get("findings", {}), replayed.get("findings", {})
     changed = {
         name: tuple(_finding_changes(f_before[name], f_after[name]))
@@ -887,10 +897,10 @@ def compare(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) -> Differe
     r_added, r_removed, r_changed = _recommendation_changes(
         recorded.get("recommendations", []), replayed.get("recommendations", [])
     )
-    j_removed, j_added = _multiset_diff(recorded.get("rejected", []), replayed.get("rejected", []))
+    j_removed, j_added = _multiset_diff(input_problems_of(recorded), input_problems_of(replayed))
     t_before, t_after = list(recorded.get("trace", [])), list(replayed.get("trace", []))
     t_removed, t_added = _trace_diff(t_before, t_after)
-    skip = {"findings", "recommendations", "rejected", "trace", *_CONTEXT}
+    skip = {"findings", "recommendations", "rejected", "input_problems", "trace", *_CONTEXT}
     other = [
         change
         for key in sorted((set(recorded) | set(replayed)) - skip)
@@ -903,8 +913,8 @@ def compare(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) -> Differe
         recommendations_added=tuple(r_added),
         recommendations_removed=tuple(r_removed),
         recommendations_changed=tuple(r_changed),
-        rejected_added=tuple(j_added),
-        rejected_removed=tuple(j_removed),
+        problems_added=tuple(j_added),
+        problems_removed=tuple(j_removed),
         trace_removed=tuple(t_removed),
         trace_added=tuple(t_added),
         trace_lengths=(len(t_before), len(t_after)),
@@ -913,6 +923,27 @@ def compare(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) -> Differe
 
 
 _CONTEXT = ("ruleset", "engine", "policy")
+
+
+def input_problems_of(evaluation: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The evaluation's input problems; a record written before they existed lists refused
+    facts as `rejected`, read here as error problems (they were not used)."""
+    if "input_problems" in evaluation:
+        return list(evaluation["input_problems"])
+    return [
+        {
+            "fact": str(r.get("id") if r.get("id") is not None else f"#{r.get('index')}"),
+            "severity": "error",
+            "code": "SCHEMA",
+            "field": None,
+            "message": str(r.get("reason")),
+        }
+        for r in evaluation.get("rejected", [])
+    ]
+
+
+def _error_count(evaluation: Mapping[str, Any]) -> int:
+    return len({p["fact"] for p in input_problems_of(evaluation) if p["severity"] == "error"})
 
 
 def _context_changes(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) -> list[FieldChange]:

@@ -1,7 +1,8 @@
 """`cart-cds`: validate rules, evaluate a patient's facts.
 
-Exit codes: 0 success; 1 the rules have problems (or, later, a check failed); 2 bad usage
-or unreadable input.
+Exit codes: 0 success (for an evaluation: complete, warnings allowed); 1 the rules have
+problems (or a check failed); 2 bad usage or input that cannot be read as facts at all;
+3 an evaluation was printed but is incomplete (some facts could not be used).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from engine.errors import FactError, RuleSetError
 from engine.explain.report import evaluation_text, timeline_text, to_json
 from engine.language.ruleset import Scalar
 from engine.runtime.api import Engine, load_rules
+from engine.runtime.problems import InputProblem
 from engine.runtime.reading import load_facts_text
 
 
@@ -52,7 +54,15 @@ def _rule_problems(exc: RuleSetError) -> NoReturn:
     raise SystemExit(1) from exc
 
 
+EXIT_INCOMPLETE = 3
+
+
 def _read_facts(path: str) -> list[object]:
+    return _read_input(path)[0]
+
+
+def _read_input(path: str) -> tuple[list[object], list[InputProblem]]:
+    """The raw facts of a file (or stdin), and the problems a FHIR Bundle's entries had."""
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -67,13 +77,17 @@ def _read_facts(path: str) -> list[object]:
                 doc = None  # NDJSON or bad JSON: load_facts_text names the line
             if is_fhir_bundle(doc):
                 facts, unmapped = bundle_to_facts(doc)
-                for entry in unmapped:  # "bundle entry #<index> (<type>/<id>): <reason>"
-                    click.echo(str(entry), err=True)
-                return [*facts]
-        return load_facts_text(text)
+                return [*facts], [_unmapped_problem(u) for u in unmapped]
+        return load_facts_text(text), []
     except FactError as exc:
         click.echo(f"{path}: {exc}", err=True)
         raise SystemExit(2) from exc
+
+
+def _unmapped_problem(entry: Any) -> InputProblem:
+    """A FHIR entry that did not become a fact: it could have touched any decision."""
+    ident = f"{entry.resource_type or 'entry'}/{entry.resource_id or entry.index}"
+    return InputProblem(ident, "UNKNOWN_CODE", f"FHIR entry #{entry.index}: {entry.reason}")
 
 
 RULES_OPTION = click.option(
@@ -159,17 +173,32 @@ def evaluate(
     if timeline and as_of is not None:
         raise click.UsageError("--timeline evaluates at every fact time; drop --as-of")
     engine = _load(rules, policy)
-    raw = _read_facts(facts)
+    raw, problems = _read_input(facts)
     result: Any
     if timeline:
-        result = engine.timeline(raw)
+        result = engine.timeline(raw, problems=problems)
         click.echo(to_json(result) if fmt == "json" else timeline_text(result))
+        final = result[-1] if result else {"status": "incomplete" if problems else "complete"}
+        if final["status"] == "incomplete":
+            raise SystemExit(EXIT_INCOMPLETE)
         return
     try:
-        result = engine.evaluate(raw, as_of=as_of)
+        result = engine.evaluate(raw, as_of=as_of, problems=problems)
     except ValueError as exc:  # a malformed --as-of
         raise click.BadParameter(str(exc), param_hint="--as-of") from exc
     click.echo(to_json(result) if fmt == "json" else evaluation_text(result, trace=not no_trace))
+    if result["status"] == "incomplete":
+        raise SystemExit(EXIT_INCOMPLETE)
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["markdown"]), default="markdown")
+def vocabulary(fmt: str) -> None:
+    """Print the input vocabulary: fact types, observations, controlled terms and synonyms
+    (docs/vocabulary.md is its output)."""
+    from engine.explain.vocabulary import vocabulary_markdown
+
+    click.echo(vocabulary_markdown(), nl=False)
 
 
 @cli.group()
@@ -451,8 +480,12 @@ def audit_record(
         except ValueError as exc:  # a malformed --as-of
             raise click.BadParameter(str(exc), param_hint="--as-of") from exc
     click.echo(f"recorded decision {decision.id} as record {decision.seq}")
-    if evaluation["rejected"]:
-        click.echo(f"{len(evaluation['rejected'])} fact(s) rejected (recorded too)", err=True)
+    errors = [p for p in evaluation["input_problems"] if p["severity"] == "error"]
+    if errors:
+        click.echo(
+            f"the evaluation is incomplete: {len(errors)} input problem(s) (recorded too)",
+            err=True,
+        )
 
 
 @audit.command("verify")

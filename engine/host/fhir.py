@@ -37,7 +37,7 @@ from engine._resources import schemas_dir
 from engine.errors import FactError, Problem, RuleSetError
 from engine.language._schema_errors import schema_problems
 from engine.language._yaml import YamlDoc, load_yaml_file
-from engine.runtime.facts import Fact, normalise, parse_time
+from engine.runtime.facts import Fact, Rejection, normalise, parse_time
 
 __all__ = ["Unmapped", "bundle_to_facts", "is_fhir_bundle", "load_mapping"]
 
@@ -605,8 +605,11 @@ class _Converter:
         """Keep `fact` if the normaliser accepts it and its id is new; else report why."""
         resource = self._resource_at(index)
         result = normalise(fact, index)
-        if not isinstance(result, Fact):
+        if isinstance(result, Rejection) and result.reason:
             self._unmapped(index, resource, prefix + result.reason)
+            return False
+        if not isinstance(result, Fact):  # a NOT_USED record status: said, not mapped
+            self._unmapped(index, resource, prefix + "the record's status says it is not used")
             return False
         if result.id in self.ids:
             first = self.ids[result.id]

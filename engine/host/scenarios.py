@@ -20,7 +20,8 @@ from typing import Any
 
 from engine.errors import RuleSetError
 from engine.language._yaml import load_yaml_file
-from engine.runtime.facts import Fact, normalise, parse_time, resolve_relative_time
+from engine.runtime.facts import Fact, normalise, parse_time
+from engine.runtime.times import resolve_relative_time
 
 _RELATIVE = re.compile(r"^D([+-]\d+)?(?:T\d{2}:\d{2})?$|^D0(?:T\d{2}:\d{2})?$")
 NOTE_KEYS = ("note", "notes_for_reader")
@@ -508,6 +509,27 @@ def _policy_for(ruleset: Any, label: str) -> dict[str, Any] | None:
     return None
 
 
+def _check_status(run: _Run, path: str, expected: str) -> None:
+    got = run.at(None)["status"]
+    run.add(path, None, expected, got, got == expected)
+
+
+def _check_status_at(run: _Run, path: str, expected: Mapping[str, str]) -> None:
+    for t, status in expected.items():
+        got = run.at(str(t))["status"]
+        run.add(f"{path}[{t}]", str(t), status, got, got == status)
+
+
+def _check_input_problems(run: _Run, path: str, expected: Sequence[Mapping[str, Any]]) -> None:
+    """Every expected problem (matched on the keys it gives: fact, code, severity, field)
+    is among the final evaluation's input problems."""
+    got = run.at(None)["input_problems"]
+    for n, exp in enumerate(expected):
+        found = any(all(p.get(k) == v for k, v in exp.items()) for p in got)
+        shown = [{k: p.get(k) for k in exp} for p in got]
+        run.add(f"{path}[{n}]", None, dict(exp), shown, found, "" if found else "not reported")
+
+
 def _fact_times(sc: Scenario) -> list[str]:
     return sorted({str(f["time"]) for f in sc.facts if "time" in f})
 
@@ -523,6 +545,9 @@ _TOP_LEVEL: dict[str, Callable[[_Run, str, Any], None]] = {
     "tocilizumab_decisions": _check_tocilizumab_decisions,
     "ivig_dose_g": _check_ivig_dose,
     "alternatives": _check_alternatives,
+    "status": _check_status,
+    "status_at": _check_status_at,
+    "input_problems": _check_input_problems,
 }
 
 

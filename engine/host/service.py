@@ -56,7 +56,6 @@ from engine.host.audit import AuditError, DecisionLog
 from engine.host.auth import AuthError, Client, KeySet, Verifier
 from engine.host.store import (
     AppendResult,
-    ConflictError,
     FactStore,
     FeedbackRecord,
     SqlStore,
@@ -64,7 +63,8 @@ from engine.host.store import (
     StoreError,
 )
 from engine.runtime.api import Engine
-from engine.runtime.facts import Fact, normalise, parse_time
+from engine.runtime.facts import Fact, Rejection, Retraction, normalise, parse_time
+from engine.runtime.problems import InputProblem
 from engine.runtime.reading import load_facts_text
 from engine.runtime.session import Session
 
@@ -250,11 +250,32 @@ class UnmappedEntry(BaseModel):
     reason: str
 
 
+class InputProblemOut(BaseModel):
+    """schemas/evaluation.schema.json#/$defs/input_problem."""
+
+    fact: str
+    severity: Literal["error", "warning"]
+    code: str
+    field: str | None
+    message: str
+
+
 class FactsStored(BaseModel):
     patient: str
     received: int
-    added: list[str] = Field(description="Fact ids stored by this request.")
+    added: list[str] = Field(description="Fact ids stored by this request (new or new versions).")
     existing: list[str] = Field(description="Fact ids already stored with the same content.")
+    versions: list[str] = Field(
+        default_factory=list,
+        description="Of `added`: ids stored before with other content, now with a new version "
+        "(a correction, an amended or final result, an entered-in-error retraction).",
+    )
+    input_problems: list[InputProblemOut] = Field(
+        default_factory=list,
+        description="What the engine will not use of these facts, or use with a remark. The "
+        "facts are stored all the same (a later version may correct them), except items that "
+        "are not facts at all.",
+    )
     revision: Revision
     unmapped: list[UnmappedEntry] = Field(
         default_factory=list, description="FHIR entries that did not become facts, and why."
@@ -292,13 +313,6 @@ class RecommendationOut(BaseModel):
     details: dict[str, Any] | None = None
 
 
-class RejectedOut(BaseModel):
-    index: int
-    id: str | None
-    reason: str
-    fact: Any
-
-
 class Evaluation(BaseModel):
     """schemas/evaluation.schema.json."""
 
@@ -310,7 +324,9 @@ class Evaluation(BaseModel):
     findings: dict[str, Any]
     recommendations: list[RecommendationOut]
     trace: list[dict[str, Any]]
-    rejected: list[RejectedOut]
+    status: Literal["complete", "incomplete"]
+    input_problems: list[InputProblemOut]
+    after_as_of: list[str]
     decision_id: str | None = Field(
         default=None,
         description="With record=true: the id of the decision appended to the audit log "
@@ -708,59 +724,49 @@ async def _read_fact_body(request: Request) -> tuple[list[object], list[Any]]:
     return items, []
 
 
-def _accept(raws: Sequence[object], patient: str) -> list[Fact]:
-    """Every fact normalised for this patient, or ApiError(422) listing every refusal."""
-    problems: list[Problem] = []
-    accepted: dict[str, tuple[int, Fact, StoredFact]] = {}
+def _accept(raws: Sequence[object], patient: str) -> tuple[list[StoredFact], list[InputProblem]]:
+    """What to store of a request's facts, and their input problems. Every JSON object is
+    kept for this patient (an unusable one too: evaluations report it, a later version may
+    correct it); an item that is not an object, or a fact of another patient, is not."""
+    stored: list[StoredFact] = []
+    problems: list[InputProblem] = []
     for index, raw in enumerate(raws):
-        if not isinstance(raw, Mapping):
-            problems.append(Problem(index=index, reason="a fact must be a JSON object"))
-            continue
-        given = raw.get("patient")
-        fid = raw.get("id") if isinstance(raw.get("id"), str) else None
-        if given is not None and given != patient:
+        given = raw.get("patient") if isinstance(raw, Mapping) else None
+        if isinstance(raw, Mapping) and given is not None and given != patient:
+            fid = raw.get("id")
             problems.append(
-                Problem(
-                    index=index,
-                    id=fid,
-                    reason=f"fact for patient {given!r} sent to another patient's facts",
+                InputProblem(
+                    fid if isinstance(fid, str) and fid else f"#{index}",
+                    "WRONG_PATIENT",
+                    f"a fact of patient {given!r} sent to the facts of patient {patient!r}: "
+                    "not stored",
+                    "patient",
                 )
             )
             continue
-        result = normalise({**raw, "patient": patient}, index)
-        if not isinstance(result, Fact):
-            problems.append(Problem(index=index, id=result.id, reason=result.reason))
-            continue
-        stored = StoredFact.of(result)
-        seen = accepted.get(result.id)
-        if seen is None:
-            accepted[result.id] = (index, result, stored)
-        elif seen[2].digest != stored.digest:
-            problems.append(
-                Problem(
-                    index=index,
-                    id=result.id,
-                    reason=f"id {result.id!r} is used by fact {seen[0]} with other content",
-                )
-            )
-    if problems:
-        raise ApiError(
-            422,
-            f"{len(problems)} of {len(raws)} facts refused; nothing was stored",
-            problems,
-        )
-    return [fact for _, fact, _ in accepted.values()]
+        body = {**raw, "patient": patient} if isinstance(raw, Mapping) else raw
+        result = normalise(body, index)
+        if isinstance(result, Fact):
+            problems.extend(result.problems)
+            stored.append(StoredFact.of(result))
+        elif isinstance(result, Retraction):
+            stored.append(StoredFact.received(result.id, None, result.raw))
+        else:
+            problems.extend(result.problems)
+            if isinstance(body, Mapping):
+                stored.append(StoredFact.received(result.id, result.t, body))
+    return stored, problems
 
 
-def _store_facts(store: FactStore, raws: Sequence[object], patient: str) -> AppendResult:
-    accepted = _accept(raws, patient)
-    try:
-        return store.append(patient, [StoredFact.of(f) for f in accepted])
-    except ConflictError as exc:
-        problems = [Problem(id=fid, reason=reason) for fid, reason in exc.conflicts]
-        raise ApiError(
-            422, f"{len(problems)} fact id(s) already used; nothing was stored", problems
-        ) from exc
+def _store_facts(
+    store: FactStore, raws: Sequence[object], patient: str
+) -> tuple[AppendResult, list[InputProblem]]:
+    stored, problems = _accept(raws, patient)
+    return store.append(patient, stored), problems
+
+
+def _problems_out(problems: Sequence[InputProblem]) -> list[InputProblemOut]:
+    return [InputProblemOut.model_validate(p.as_dict()) for p in problems]
 
 
 def _server_now() -> str:
@@ -1078,7 +1084,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         problems = []
         for n, order in enumerate(orders):
             checked = normalise(order.fact, n)
-            if not isinstance(checked, Fact):
+            if isinstance(checked, Rejection) and checked.reason:
                 problems.append(Problem(index=n, id=order.reference, reason=checked.reason))
         if problems:
             raise ApiError(422, "a draft order cannot be checked", problems)
@@ -1226,16 +1232,19 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         tags=["Facts"],
     )
     async def append_facts(patient_id: PatientId, request: Request, _caller: Caller) -> Any:
-        """Store facts for a patient; answered after the commit. All or nothing: if any
-        fact is refused, 422 lists each with its reason and nothing is stored. Sending a
-        fact id again with the same content is a no-op."""
+        """Store facts for a patient; answered after the commit. Every fact is kept, with the
+        problems the engine has with it (`input_problems`); sending a fact id again with the
+        same content is a no-op, with other content it is a new version that replaces the
+        earlier one in evaluations (a correction; `status: entered-in-error` retracts)."""
         raws, unmapped = await _read_fact_body(request)
-        result = await _in_thread(_store_facts, store, raws, patient_id)
+        result, problems = await _in_thread(_store_facts, store, raws, patient_id)
         return FactsStored(
             patient=patient_id,
             received=len(raws),
             added=list(result.added),
             existing=list(result.existing),
+            versions=list(result.versions),
+            input_problems=_problems_out(problems),
             revision=Revision(count=result.revision.count, last=result.revision.last),
             unmapped=_unmapped(unmapped),
         )
@@ -1331,17 +1340,12 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
     async def evaluate(
         request: Request, _caller: Caller, as_of: AsOf = None, record: Record = False
     ) -> Any:
-        """Evaluate one patient's facts without storing them. Refused (422) if any fact is.
+        """Evaluate one patient's facts without storing them. Facts the engine cannot use are
+        listed in `input_problems` and make the evaluation `incomplete` (never a refusal).
         With `record=true`, the facts and the evaluation go to the decision log."""
         when = check_as_of(as_of)
         raws, _unused = await _read_fact_body(request)
         evaluation = await _in_thread(evaluator.run, raws, as_of=when, patient=None)
-        if evaluation["rejected"]:
-            problems = [
-                Problem(index=r["index"], id=r["id"], reason=r["reason"])
-                for r in evaluation["rejected"]
-            ]
-            raise ApiError(422, f"{len(problems)} of {len(raws)} facts refused", problems)
         if record:
             return await _in_thread(recorded, evaluation, raws, when, None)
         return _json(evaluation)

@@ -4,11 +4,13 @@ One small interface, `FactStore`, with one SQL implementation over two databases
 SQLite (a file path, the default; WAL journal, `synchronous=FULL`) and PostgreSQL (a
 `postgresql://` URL). What it holds:
 
-- `facts`: one row per (patient, fact id), in append order (`seq`), with the fact as
-  accepted (`body`, canonical JSON), its time in epoch seconds (`t`, for `as_of`) and the
-  sha256 of its normalised content (`digest`). Appending a fact id again with the same
-  content changes nothing; with other content it is refused (`ConflictError`), and the
-  whole append with it: an append is one transaction, all or nothing.
+- `facts`: one row per version of a fact (patient, fact id, content digest), in append
+  order (`seq`), with the fact as received (`body`, canonical JSON), its time in epoch
+  seconds (`t`, for `as_of`) and the sha256 of its normalised content (`digest`).
+  Appending a fact id again with the same content changes nothing; with other content it
+  is a new version (a correction, a final after a preliminary, an entered-in-error
+  retraction), kept beside the earlier one: the engine uses the latest version and says
+  so. An append is one transaction, all or nothing.
 - `cards`: the cards the service issued (uuid -> rule, version, code, rule set digest,
   the facts they rest on), so feedback can be joined back to the rule version.
 - `feedback`: what clinicians did with the cards (accepted / overridden and why).
@@ -53,7 +55,7 @@ __all__ = [
     "open_store",
 ]
 
-SCHEMA_VERSION = 3  # of the `store` component
+SCHEMA_VERSION = 4  # of the `store` component
 _CHUNK = 500  # ids per IN (...) list
 _PG_POOL = 4  # connections per PostgreSQL store
 
@@ -63,7 +65,8 @@ class StoreError(CartCdsError):
 
 
 class ConflictError(StoreError):
-    """An append refused because a fact id is already used by other content."""
+    """Kept for callers of earlier versions: appends no longer refuse a known id with other
+    content (it is stored as a new version)."""
 
     def __init__(self, conflicts: Sequence[tuple[str, str]]) -> None:
         self.conflicts = list(conflicts)  # (fact id, reason)
@@ -79,6 +82,10 @@ def _canonical(value: object) -> str:
     )
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 @dataclass(frozen=True)
 class StoredFact:
     """One fact as the store keeps it."""
@@ -90,12 +97,18 @@ class StoredFact:
 
     @classmethod
     def of(cls, fact: Fact) -> StoredFact:
-        """From an accepted `Fact`: the raw fact with the id the engine gave it."""
+        """From a usable `Fact`: the raw fact with the id the engine gave it."""
         body = {**fact.raw, "id": fact.id}
         if fact.patient is not None:
             body["patient"] = fact.patient
-        content = _canonical([fact.type, fact.time, fact.patient, dict(fact.data)])
-        return cls(fact.id, fact.t, hashlib.sha256(content.encode()).hexdigest(), body)
+        return cls(fact.id, fact.t, _digest(fact.content), body)
+
+    @classmethod
+    def received(cls, fact_id: str, t: float | None, raw: Mapping[str, Any]) -> StoredFact:
+        """A fact kept as received (a retraction, or one the engine cannot use yet): its
+        evaluations report it; a later version may correct it."""
+        body = {**raw, "id": fact_id}
+        return cls(fact_id, t if t is not None else 0.0, _digest(_canonical(body)), body)
 
 
 @dataclass(frozen=True)
@@ -108,9 +121,10 @@ class Revision:
 
 @dataclass(frozen=True)
 class AppendResult:
-    added: tuple[str, ...]  # fact ids stored by this append
+    added: tuple[str, ...]  # fact ids stored by this append (new facts or new versions)
     existing: tuple[str, ...]  # fact ids that were already stored with the same content
     revision: Revision
+    versions: tuple[str, ...] = ()  # of `added`: ids stored before with other content
 
 
 @dataclass(frozen=True)
@@ -420,10 +434,38 @@ def _ruleset_ddl(dialect: str) -> list[str]:
 
 
 # Migration n brings the `store` component from version n - 1 to n.
+def _versions_ddl(dialect: str) -> list[str]:
+    """Version 4: a fact id may have several versions (one per content digest)."""
+    if dialect == "postgresql":
+        return [
+            "ALTER TABLE facts DROP CONSTRAINT IF EXISTS facts_patient_fact_id_key",
+            "ALTER TABLE facts ADD CONSTRAINT facts_version UNIQUE (patient, fact_id, digest)",
+            "CREATE INDEX IF NOT EXISTS facts_by_id ON facts (patient, fact_id)",
+        ]
+    return [
+        """CREATE TABLE facts_v4 (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            patient TEXT NOT NULL,
+            fact_id TEXT NOT NULL,
+            t REAL NOT NULL,
+            digest TEXT NOT NULL,
+            body TEXT NOT NULL,
+            stored_at TEXT NOT NULL,
+            UNIQUE (patient, fact_id, digest))""",
+        "INSERT INTO facts_v4 (seq, patient, fact_id, t, digest, body, stored_at) "
+        "SELECT seq, patient, fact_id, t, digest, body, stored_at FROM facts ORDER BY seq",
+        "DROP TABLE facts",
+        "ALTER TABLE facts_v4 RENAME TO facts",
+        "CREATE INDEX IF NOT EXISTS facts_by_patient ON facts (patient, seq)",
+        "CREATE INDEX IF NOT EXISTS facts_by_id ON facts (patient, fact_id)",
+    ]
+
+
 _MIGRATIONS: dict[int, Callable[[str], list[str]]] = {
     1: _ddl,
     2: _decision_log_ddl,
     3: _ruleset_ddl,
+    4: _versions_ddl,
 }
 
 
@@ -492,48 +534,38 @@ class SqlStore:
     # -- facts -------------------------------------------------------------------------------
 
     def append(self, patient: str, facts: Sequence[StoredFact]) -> AppendResult:
-        batch: dict[str, StoredFact] = {}
-        conflicts: list[tuple[str, str]] = []
+        """Store every fact not stored with the same content; a known id with other content
+        is stored as a new version beside the earlier ones."""
+        batch: dict[tuple[str, str], StoredFact] = {}
         for fact in facts:
-            seen = batch.setdefault(fact.id, fact)
-            if seen.digest != fact.digest:
-                conflicts.append(
-                    (fact.id, f"id {fact.id!r} is used twice in this append with different content")
-                )
-        if conflicts:
-            raise ConflictError(conflicts)
+            batch.setdefault((fact.id, fact.digest), fact)
         stamp = _now()
         with self._b.transaction() as run:
-            stored = self._digests(run, patient, list(batch))
+            stored = self._digests(run, patient, sorted({i for i, _ in batch}))
             added: list[str] = []
-            for fact_id, fact in batch.items():
-                if fact_id in stored:
+            versions: list[str] = []
+            for (fact_id, digest), fact in batch.items():
+                if digest in stored.get(fact_id, set()):
                     continue
                 rows = run(
                     "INSERT INTO facts (patient, fact_id, t, digest, body, stored_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (patient, fact_id) DO NOTHING "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (patient, fact_id, digest) DO NOTHING "
                     "RETURNING fact_id",
-                    (patient, fact_id, fact.t, fact.digest, _canonical(fact.body), stamp),
+                    (patient, fact_id, fact.t, digest, _canonical(fact.body), stamp),
                 )
                 if rows:
+                    if stored.get(fact_id) or fact_id in added:
+                        versions.append(fact_id)
                     added.append(fact_id)
-            late = [i for i in batch if i not in stored and i not in added]
-            if late:  # stored by a concurrent append since we looked (PostgreSQL)
-                stored.update(self._digests(run, patient, late))
-            conflicts = [
-                (i, f"fact id {i!r} is already stored for this patient with different content")
-                for i, fact in batch.items()
-                if i in stored and stored[i] != fact.digest
-            ]
-            if conflicts:
-                raise ConflictError(conflicts)  # rolls the transaction back
             revision = self._revision(run, patient)
-        existing = tuple(i for i in batch if i not in added)
-        return AppendResult(tuple(added), existing, revision)
+        existing = tuple(dict.fromkeys(i for i, _ in batch if i not in added))
+        return AppendResult(
+            tuple(dict.fromkeys(added)), existing, revision, tuple(dict.fromkeys(versions))
+        )
 
     @staticmethod
-    def _digests(run: Run, patient: str, ids: Sequence[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
+    def _digests(run: Run, patient: str, ids: Sequence[str]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             marks = ", ".join("?" * len(chunk))
@@ -541,7 +573,8 @@ class SqlStore:
                 f"SELECT fact_id, digest FROM facts WHERE patient = ? AND fact_id IN ({marks})",
                 (patient, *chunk),
             )
-            out.update({str(r[0]): str(r[1]) for r in rows})
+            for r in rows:
+                out.setdefault(str(r[0]), set()).add(str(r[1]))
         return out
 
     @staticmethod

@@ -119,6 +119,16 @@ class Collect:
 
 
 @dataclass(frozen=True)
+class FailSafe:
+    """What a finding says while input the engine could not use touches it."""
+
+    field: str
+    permissive: tuple[Scalar, ...]  # the reassuring values
+    becomes: Scalar  # what a permissive value becomes
+    reason: str | None = None  # a code added to the finding's `reasons`
+
+
+@dataclass(frozen=True)
 class FindingDecl:
     name: str
     description: str
@@ -127,6 +137,7 @@ class FindingDecl:
     file: str
     line: int
     collect: Mapping[str, Collect] = field(default_factory=dict)  # output field -> how
+    fail_safe: FailSafe | None = None
 
 
 @dataclass(frozen=True)

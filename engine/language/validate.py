@@ -29,6 +29,7 @@ from engine.language.ruleset import (
     Collect,
     Conclusion,
     Const,
+    FailSafe,
     FindingDecl,
     Operand,
     Parameter,
@@ -129,6 +130,7 @@ class _Context:
     concluded: dict[str, set[str]] = field(default_factory=dict)  # finding -> fields set
     combine_places: dict[str, tuple[YamlDoc, str]] = field(default_factory=dict)
     collect_places: dict[str, tuple[YamlDoc, str]] = field(default_factory=dict)
+    fail_safe_places: dict[str, tuple[YamlDoc, str]] = field(default_factory=dict)
 
     def problem(self, doc: YamlDoc, pointer: str, message: str, *, key: bool = False) -> None:
         line, col = doc.locate_key(pointer) if key else doc.locate(pointer)
@@ -391,6 +393,19 @@ def _collect_findings(ctx: _Context, doc: YamlDoc) -> None:
         }
         if collected:
             ctx.collect_places[name] = (doc, f"{pointer}/collect")
+        safe = raw.get("fail_safe")
+        fail_safe = (
+            FailSafe(
+                str(safe["field"]),
+                tuple(safe["permissive"]),
+                safe["becomes"],
+                str(safe["reason"]) if safe.get("reason") else None,
+            )
+            if isinstance(safe, dict) and {"field", "permissive", "becomes"} <= set(safe)
+            else None
+        )
+        if fail_safe is not None:
+            ctx.fail_safe_places[name] = (doc, f"{pointer}/fail_safe/field")
         ctx.findings[name] = FindingDecl(
             name,
             str(raw.get("description", "")),
@@ -399,6 +414,7 @@ def _collect_findings(ctx: _Context, doc: YamlDoc) -> None:
             doc.filename,
             doc.locate_key(pointer)[0],
             collected,
+            fail_safe,
         )
 
 
@@ -450,6 +466,15 @@ def _check_findings_used(ctx: _Context, docs: list[YamlDoc]) -> None:
                         f"no rule sets field {wanted!r} of finding {source!r}"
                         f"{suggest(wanted, ctx.concluded.get(source, set()))}",
                     )
+        safe = decl.fail_safe
+        if safe is not None and safe.field not in ctx.concluded.get(name, set()):
+            doc, pointer = ctx.fail_safe_places[name]
+            ctx.problem(
+                doc,
+                pointer,
+                f"finding {name!r} is fail-safe on field {safe.field!r}, but no rule sets that "
+                f"field{suggest(safe.field, ctx.concluded.get(name, set()))}",
+            )
         if decl.combine_field is not None and decl.combine_field not in ctx.concluded.get(
             name, set()
         ):

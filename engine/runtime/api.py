@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,11 @@ from engine.language.validate import (
     read_rule_sources,
     validate_documents,
 )
-from engine.runtime.facts import Fact, Rejection, normalise
-from engine.runtime.session import Session, iso
+from engine.runtime.facts import Fact, Rejection, Retraction, normalise
+from engine.runtime.failsafe import Impact, degrade
+from engine.runtime.problems import InputProblem
+from engine.runtime.session import Session
+from engine.runtime.times import iso
 
 DURABLE_RULES_VERSION = "2.0.28"
 
@@ -54,6 +58,7 @@ class Engine:
 
     def __init__(self, compiled: CompiledRuleset) -> None:
         self.compiled = compiled
+        self.impact = Impact(compiled.ruleset)
 
     @property
     def ruleset(self) -> RuleSet:
@@ -67,46 +72,82 @@ class Engine:
         return Session(self.compiled, as_of=as_of, patient=patient, record_trace=record_trace)
 
     def evaluate(
-        self, facts: Iterable[object], *, as_of: str | None = None, patient: str | None = None
+        self,
+        facts: Iterable[object],
+        *,
+        as_of: str | None = None,
+        patient: str | None = None,
+        problems: Iterable[InputProblem] = (),
     ) -> dict[str, Any]:
-        """Evaluate one patient's facts as of `as_of` (default: the latest fact time)."""
-        accepted, rejected = _normalise_indexed(facts)
+        """Evaluate one patient's facts as of `as_of` (default: the latest usable fact time).
+
+        `problems` are input problems a host reader found before the facts (e.g. FHIR entries
+        that did not map); they count like the engine's own."""
+        read = _Read.of(facts)
         with self.session(as_of=as_of, patient=patient) as session:
-            for r in rejected:
-                session.add(r)
-            for index, fact in sorted(accepted, key=lambda item: (item[1].t, item[1].id)):
-                session.add(fact, index)
-            return self.evaluation(session)
+            later = read.replay(session, fixed=session.now if as_of is not None else None)
+            return self.evaluation(
+                session,
+                extra_problems=(*problems, *read.replaced),
+                after_as_of=[*session.after_as_of(), *later],
+            )
 
     def timeline(
-        self, facts: Iterable[object], *, patient: str | None = None
+        self,
+        facts: Iterable[object],
+        *,
+        patient: str | None = None,
+        problems: Iterable[InputProblem] = (),
     ) -> list[dict[str, Any]]:
         """The evaluation after each distinct fact time, in time order; each entry's `trace`
-        holds only what happened at that step."""
-        accepted, rejected = _normalise_indexed(facts)
+        holds only what happened at that step, and `after_as_of` the facts still to come."""
+        read = _Read.of(facts)
+        extra = tuple(problems)
         steps: list[dict[str, Any]] = []
         with self.session(patient=patient) as session:
-            for r in rejected:
-                session.add(r)
-            groups: dict[float, list[tuple[int, Fact]]] = {}
-            for index, fact in accepted:
-                groups.setdefault(fact.t, []).append((index, fact))
-            for t in sorted(groups):
+            for retraction in read.retractions:
+                session.add(retraction)
+            times = sorted({f.t for f in read.facts})
+            for n, t in enumerate(times):
                 start = len(session.trace)
-                for index, fact in sorted(groups[t], key=lambda item: item[1].id):
-                    session.add(fact, index)
-                step = self.evaluation(session, as_of=iso(t))
+                last = n == len(times) - 1
+                for rejection in read.rejections:  # each at its time, if it has one
+                    if rejection.t is None or rejection.t <= t or last:
+                        session.add(rejection)
+                for fact in read.at(t):
+                    session.add(fact)
+                later = [f.id for f in read.facts if f.t > t] + [
+                    r.id for r in read.rejections if r.t is not None and r.t > t and not last
+                ]
+                step = self.evaluation(
+                    session,
+                    as_of=iso(t),
+                    extra_problems=(*extra, *read.replaced),
+                    after_as_of=later,
+                )
                 step["trace"] = step["trace"][start:]
                 steps.append(step)
         return steps
 
-    def evaluation(self, session: Session, *, as_of: str | None = None) -> dict[str, Any]:
+    def evaluation(
+        self,
+        session: Session,
+        *,
+        as_of: str | None = None,
+        extra_problems: Sequence[InputProblem] = (),
+        after_as_of: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
         """The output contract (schemas/evaluation.schema.json) for a session's current state."""
         rs = self.ruleset
         now = as_of or (iso(session.now) if session.now is not None else None)
+        problems = _unique([*extra_problems, *session.input_problems()])
+        findings = session.findings()
+        degrade(findings, problems, self.impact, rs)
+        later = list(after_as_of) if after_as_of is not None else session.after_as_of()
         return {
             "patient": session.patient,
             "as_of": now,
+            "status": "incomplete" if any(p.is_error for p in problems) else "complete",
             "ruleset": {"name": rs.name, "version": rs.version, "digest": rs.digest},
             "engine": {
                 "name": "cart-cds",
@@ -114,25 +155,85 @@ class Engine:
                 "durable_rules": DURABLE_RULES_VERSION,
             },
             "policy": rs.policy(),
-            "findings": session.findings(),
+            "findings": findings,
             "recommendations": session.recommendations(),
+            "input_problems": [p.as_dict() for p in problems],
+            "after_as_of": later,
             "trace": list(session.trace),
-            "rejected": session.rejected(),
         }
 
 
-def _normalise_indexed(raws: Iterable[object]) -> tuple[list[tuple[int, Fact]], list[Rejection]]:
-    """Normalise each input, keeping its position so a later refusal names the right one.
-    Duplicates are left to the session, which refuses them with their index."""
-    accepted: list[tuple[int, Fact]] = []
-    rejected: list[Rejection] = []
-    for index, raw in enumerate(raws):
-        fact = normalise(raw, index)
-        if isinstance(fact, Rejection):
-            rejected.append(fact)
-        else:
-            accepted.append((index, fact))
-    return accepted, rejected
+def _unique(problems: Iterable[InputProblem]) -> list[InputProblem]:
+    seen: set[tuple[str, str, str | None, str]] = set()
+    out: list[InputProblem] = []
+    for p in problems:
+        key = (p.fact, p.code, p.field, p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A facts list read once: what is used in time order, and what cannot be.
+
+    Versions of one id are resolved here in input order (the later replaces the earlier),
+    so that sorting by time can never bring an older version back."""
+
+    facts: tuple[Fact, ...]  # the final version of each usable fact, in time order
+    retractions: tuple[Retraction, ...]
+    rejections: tuple[Rejection, ...]
+    replaced: tuple[InputProblem, ...]  # earlier versions, said once each
+
+    @staticmethod
+    def of(raws: Iterable[object]) -> _Read:
+        final: dict[str, Fact] = {}
+        replaced: list[InputProblem] = []
+        retractions: list[Retraction] = []
+        rejections: list[Rejection] = []
+        for index, raw in enumerate(raws):
+            item = normalise(raw, index)
+            if isinstance(item, Rejection):
+                rejections.append(item)
+            elif isinstance(item, Retraction):
+                retractions.append(item)
+            else:
+                earlier = final.get(item.id)
+                if earlier is not None and earlier.content != item.content:
+                    replaced.append(
+                        InputProblem(
+                            item.id,
+                            "SUPERSEDED_BY_CORRECTION",
+                            f"an earlier version of fact {item.id!r} was replaced by the "
+                            "version received later",
+                            None,
+                            item.type,
+                        )
+                    )
+                if earlier is None or earlier.content != item.content:
+                    final[item.id] = item
+        facts = sorted(final.values(), key=lambda f: (f.t, f.id))
+        return _Read(tuple(facts), tuple(retractions), tuple(rejections), tuple(replaced))
+
+    def replay(self, session: Session, *, fixed: float | None = None) -> list[str]:
+        """Everything into a session: what cannot be used first, then retractions, then the
+        facts in time order. With a fixed `as_of` (`fixed`), an unusable fact timed after it
+        is outside the evaluation, not a problem of it: its id is returned."""
+        later: list[str] = []
+        for rejection in self.rejections:
+            if fixed is not None and rejection.t is not None and rejection.t > fixed:
+                later.append(rejection.id)
+            else:
+                session.add(rejection)
+        for retraction in self.retractions:
+            session.add(retraction)
+        for fact in self.facts:
+            session.add(fact)
+        return later
+
+    def at(self, t: float) -> list[Fact]:
+        return [f for f in self.facts if f.t == t]
 
 
 @cache

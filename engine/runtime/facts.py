@@ -1,27 +1,31 @@
-"""Facts in: validate a host's raw facts and normalise them (times to UTC, units to canonical).
+"""Facts in: a tolerant reader with a strict writer.
 
-`schemas/fact.schema.json` says what a host may send (one `$defs` entry per fact type,
-with its supersession key as the `x-supersession` annotation) and
-`schemas/observations.json` is the observation vocabulary (LOINC codes, aliases, UCUM
-units and their conversions). This module reads both and never guesses: an unknown
-type, field, unit, code or name is refused with a reason, and nothing is rounded.
+`schemas/fact.schema.json` says what a host may send; `schemas/observations.json` and
+`schemas/terms.json` are the names, codes, units and synonyms facts are read with. The
+reader keeps every fact it can and says what it did not use:
+
+- an extra field is kept (`Fact.extra`), reported as an UNKNOWN_FIELD warning, and never a
+  reason to drop the fact;
+- names and closed values match case-insensitively, ignoring surrounding spaces, and
+  through declared synonyms; a known RxNorm code decides the drug;
+- anything that cannot be meant (an unknown name, code or unit, an implausible value, a
+  malformed string) makes the whole fact unusable: a `Rejection` with its error problems.
+  A fact that is partly wrong is never used in part.
+
+A fact with `status: entered-in-error` is a `Retraction` of the fact it names (`replaces`,
+else its own id). Nothing here is rounded, and the wall clock is never read.
 """
 
 from __future__ import annotations
 
-import calendar
 import copy
-import difflib
 import hashlib
 import json
 import math
-import re
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
-from decimal import Decimal, localcontext
+from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any, cast
 
 import fastjsonschema
@@ -29,31 +33,40 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 
-from engine._resources import schemas_dir
+from engine.language.terms import (
+    NAME_FIELDS,
+    enum_value,
+    fact_schema,
+    fold,
+    observation_terms,
+    ref_name,
+    resolve,
+    suggest,
+    supersession_table,
+    terms,
+    type_by_fold,
+    type_defs,
+)
+from engine.runtime.observations import Unusable, observation_data, plausibility_problem, show
+from engine.runtime.problems import InputProblem
+from engine.runtime.times import ISO, ISO_HINT, RELATIVE, has_offset, parse_time
 
 __all__ = [
     "Fact",
+    "Normalised",
     "Rejection",
+    "Retraction",
     "normalise",
     "normalise_all",
     "parse_time",
-    "resolve_relative_time",
     "supersession_key",
+    "worse_rank",
 ]
 
-# Fields every fact may carry whatever its type; they are not part of `Fact.data`.
-_ENVELOPE = ("id", "type", "time", "t", "patient")
-_CUTOFF = 0.6  # difflib similarity needed for a "did you mean"
+# Fields that are about the fact rather than its content: not part of `Fact.data`.
+_ENVELOPE = ("id", "type", "time", "t", "patient", "replaces")
 _MAX_LISTED = 12  # list the accepted values in a message when there are at most this many
-
-_ISO = re.compile(
-    r"(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})"
-    r"(?:T(?P<h>\d{2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:\.(?P<f>\d{1,6}))?)?"
-    r"(?P<tz>Z|[+-]\d{2}(?::?\d{2})?)?)?"
-)
-_RELATIVE = re.compile(r"D(?P<days>[+-]?\d+)(?:T(?P<h>\d{2}):(?P<mi>\d{2})(?::(?P<s>\d{2}))?)?")
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-_ISO_HINT = "expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS[.ffffff]][Z|+HH:MM|-HH:MM]"
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 # --------------------------------------------------------------------------- value objects
@@ -61,15 +74,18 @@ _ISO_HINT = "expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS[.ffffff]][Z|+HH:MM|-HH:
 
 @dataclass(frozen=True)
 class Fact:
-    """One accepted, normalised fact."""
+    """One usable, normalised fact (maybe with warnings)."""
 
     id: str
     type: str
     time: str  # normalised ISO 8601 in UTC with Z, e.g. "2025-05-06T10:00:00Z"
     t: float  # epoch seconds of `time`
     patient: str | None
-    data: Mapping[str, object]  # normalised fields, without id/type/time/patient; JSON types only
+    data: Mapping[str, object]  # normalised fields, without the envelope; JSON types only
     raw: Mapping[str, object]  # the fact as received
+    problems: tuple[InputProblem, ...] = ()  # warnings: used, with a remark
+    extra: Mapping[str, object] = field(default_factory=dict)  # fields the schema lacks: kept
+    replaces: str | None = None  # the id of the earlier fact this one corrects
 
     def as_dict(self) -> dict[str, object]:
         """The flat JSON form: envelope fields followed by the normalised data."""
@@ -82,398 +98,146 @@ class Fact:
             **self.data,
         }
 
+    @property
+    def content(self) -> str:
+        """What the fact says (without its id): two versions of one id differ here."""
+        return _canonical_json([self.type, self.time, self.patient, self.data, self.replaces])
+
+
+@dataclass(frozen=True)
+class Retraction:
+    """`status: entered-in-error`: the fact named `target` is withdrawn from evaluation."""
+
+    id: str
+    target: str
+    raw: Mapping[str, object]
+    patient: str | None = None
+
 
 @dataclass(frozen=True)
 class Rejection:
-    """One refused fact, with the reason."""
+    """A fact that cannot be used, with every error found (and any warnings)."""
 
     index: int  # position in the input list
-    id: str | None
-    reason: str
+    id: str  # the id sent, else the id the engine assigns, else '#<index>'
+    problems: tuple[InputProblem, ...]
     fact: object  # the raw input
+    fact_type: str | None = None  # the type, when it could be read
+    t: float | None = None  # its time (epoch seconds), when it could be read
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(p.message for p in self.problems if p.is_error)
 
     def as_dict(self) -> dict[str, object]:
         return {"index": self.index, "id": self.id, "reason": self.reason, "fact": self.fact}
 
 
-class _Refused(Exception):
-    """Internal: a fact cannot be accepted; `reason` becomes the Rejection's reason."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+Normalised = Fact | Retraction | Rejection
 
 
-# --------------------------------------------------------------------------- schema data
-
-
-def _schemas_dir() -> Path:
-    """Where fact.schema.json and observations.json live (installed or in a checkout)."""
-    return schemas_dir()
-
-
-def _read_json(name: str) -> Any:
-    return json.loads((_schemas_dir() / name).read_text(encoding="utf-8"))
-
-
-@cache
-def _fact_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = _read_json("fact.schema.json")
-    Draft202012Validator.check_schema(schema)
-    return schema
+# --------------------------------------------------------------------------- validation
 
 
 @cache
 def _validator() -> Draft202012Validator:
-    return Draft202012Validator(_fact_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return Draft202012Validator(fact_schema(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+@cache
+def _type_validator(fact_type: str) -> Validator:
+    return _validator().evolve(schema=type_defs()[fact_type])
 
 
 @cache
 def _fast_validator(fact_type: str) -> Callable[[object], object]:
-    """A compiled validator of one fact type, for the common case of a valid fact. It only
-    answers yes or no: a fact it refuses is checked again by jsonschema, which is the
-    authority and gives the reasons."""
-    schema = _draft7({**_type_defs()[fact_type], "$defs": _fact_schema()["$defs"]})
-    # use_default=False: validation must never change the fact as sent
+    """A compiled validator of one fact type for the common case of a valid fact. It only
+    answers yes or no; jsonschema, the authority, gives the reasons."""
+    schema = _draft7({**type_defs()[fact_type], "$defs": fact_schema()["$defs"]})
     return cast(Callable[[object], object], fastjsonschema.compile(schema, use_default=False))
 
 
 def _draft7(node: Any) -> Any:
-    """The schema in the draft-07 words fastjsonschema knows (`dependentRequired` is
-    draft 2020-12; draft 07 says `dependencies`)."""
+    """The schema in the draft-07 words fastjsonschema knows; `x-` annotations dropped."""
     if isinstance(node, list):
         return [_draft7(n) for n in node]
     if not isinstance(node, dict):
         return node
-    out = {k: _draft7(v) for k, v in node.items() if k != "dependentRequired"}
+    out = {
+        k: _draft7(v)
+        for k, v in node.items()
+        if k != "dependentRequired" and not (k.startswith("x-") and k != "x-")
+    }
     if "dependentRequired" in node:
         out["dependencies"] = {**node.get("dependencies", {}), **node["dependentRequired"]}
     return out
 
 
-def _fast_ok(fact: dict[str, object], fact_type: str) -> bool:
+def _schema_problems(fact: dict[str, object], fact_type: str, fid: str) -> list[InputProblem]:
     try:
         _fast_validator(fact_type)(fact)
+        return []
     except fastjsonschema.JsonSchemaException:
-        return False
-    return True
-
-
-@cache
-def _type_validator(fact_type: str) -> Validator:
-    """The validator of one `$defs` entry: what the top-level if/then dispatch on `type`
-    would apply, without evaluating the other types' conditions (five times faster)."""
-    return _validator().evolve(schema=_type_defs()[fact_type])
-
-
-@cache
-def _type_defs() -> dict[str, dict[str, Any]]:
-    """Fact type -> its `$defs` entry (the entries that pin `type` with `const`)."""
-    out: dict[str, dict[str, Any]] = {}
-    for definition in _fact_schema()["$defs"].values():
-        const = definition.get("properties", {}).get("type", {}).get("const")
-        if isinstance(const, str):
-            out[const] = definition
-    return out
-
-
-@cache
-def _supersession_table() -> dict[str, tuple[str, ...] | None]:
-    table: dict[str, tuple[str, ...] | None] = {}
-    for name, definition in _type_defs().items():
-        annotation = definition.get("x-supersession")
-        if annotation == "event":
-            table[name] = None
-        elif isinstance(annotation, dict) and isinstance(annotation.get("key"), list):
-            table[name] = tuple(str(k) for k in annotation["key"])
-        else:
-            raise ValueError(f"fact schema: type {name!r} has no valid 'x-supersession'")
-    return table
-
-
-@dataclass(frozen=True)
-class _Vocabulary:
-    entries: dict[str, dict[str, Any]]  # canonical name -> entry
-    by_name: dict[str, str]  # canonical name or alias -> canonical name
-    by_code: dict[str, tuple[str, dict[str, Any]]]  # LOINC -> (canonical name, code entry)
-    refused: dict[str, str]  # LOINC -> why it is refused
-
-
-@cache
-def _vocabulary() -> _Vocabulary:
-    doc = _read_json("observations.json")
-    entries: dict[str, dict[str, Any]] = doc["observations"]
-    by_name: dict[str, str] = {}
-    by_code: dict[str, tuple[str, dict[str, Any]]] = {}
-    for name, entry in entries.items():
-        for alias in [name, *entry["aliases"]]:
-            if by_name.setdefault(alias, name) != name:
-                raise ValueError(f"observations.json: name {alias!r} is used twice")
-        for code in entry["codes"]:
-            if by_code.setdefault(code["code"], (name, code))[0] != name:
-                raise ValueError(f"observations.json: code {code['code']!r} is used twice")
-        if entry["unit"] is not None and entry["unit"] not in entry["units"]:
-            raise ValueError(f"observations.json: {name}: canonical unit not among its units")
-    return _Vocabulary(entries, by_name, by_code, dict(doc.get("refused_codes", {})))
-
-
-# --------------------------------------------------------------------------- time
-
-
-def parse_time(value: str) -> tuple[str, float]:
-    """An ISO 8601 date or datetime -> (ISO string in UTC with Z, epoch seconds).
-
-    A date alone means 00:00 UTC of that day; a datetime without an offset is UTC.
-    """
-    text: object = value  # callers outside mypy may pass anything
-    if not isinstance(text, str):
-        raise ValueError(f"time must be an ISO 8601 string, got {text!r}")
-    match = _ISO.fullmatch(text)
-    if match is None:
-        raise ValueError(f"invalid time {value!r}: {_ISO_HINT}")
-    try:
-        moment = _datetime_of(match).astimezone(UTC)
-    except (ValueError, OverflowError) as exc:
-        raise ValueError(f"invalid time {value!r}: {exc}") from None
-    return _iso_utc(moment), _epoch(moment)
-
-
-def _datetime_of(match: re.Match[str]) -> datetime:
-    g = match.groupdict()
-    fraction = (g["f"] or "").ljust(6, "0")
-    return datetime(
-        int(g["y"]),
-        int(g["mo"]),
-        int(g["d"]),
-        int(g["h"] or 0),
-        int(g["mi"] or 0),
-        int(g["s"] or 0),
-        int(fraction or 0),
-        tzinfo=_zone(g["tz"]),
-    )
-
-
-def _zone(text: str | None) -> timezone:
-    if text is None or text == "Z":
-        return UTC
-    digits = text[1:].replace(":", "")
-    hours, minutes = int(digits[:2]), int(digits[2:] or 0)
-    if minutes >= 60:
-        raise ValueError(f"offset minutes must be in 0..59, got {minutes}")
-    offset = timedelta(hours=hours, minutes=minutes)
-    return timezone(-offset if text[0] == "-" else offset)
-
-
-def _iso_utc(moment: datetime) -> str:
-    text = (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
-        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
-    )
-    if moment.microsecond:
-        text += f".{moment.microsecond:06d}".rstrip("0")
-    return text + "Z"
-
-
-def _epoch(moment: datetime) -> float:
-    return calendar.timegm(moment.utctimetuple()) + moment.microsecond / 1_000_000
-
-
-def resolve_relative_time(value: str, anchor_date: str) -> str:
-    """A scenario time ("D-5", "D0T12:00", "D+3T14:00") relative to D0 = 00:00 of
-    `anchor_date` -> ISO datetime in UTC with Z. ISO inputs pass through unchanged."""
-    match = _RELATIVE.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        parse_time(value)  # raises ValueError unless it is a valid ISO time
-        return value
-    if not isinstance(anchor_date, str) or _DATE.fullmatch(anchor_date) is None:
-        raise ValueError(f"anchor date {anchor_date!r} must be an ISO date YYYY-MM-DD")
-    try:
-        day0 = date.fromisoformat(anchor_date)
-    except ValueError as exc:
-        raise ValueError(f"invalid anchor date {anchor_date!r}: {exc}") from None
-    hour, minute, second = (int(match[k] or 0) for k in ("h", "mi", "s"))
-    if hour > 23 or minute > 59 or second > 59:
-        raise ValueError(f"invalid relative time {value!r}: clock time out of range")
-    moment = datetime(day0.year, day0.month, day0.day, tzinfo=UTC) + timedelta(
-        days=int(match["days"]), hours=hour, minutes=minute, seconds=second
-    )
-    return _iso_utc(moment)
-
-
-# --------------------------------------------------------------------------- normalise
-
-
-def normalise(raw: object, index: int = 0) -> Fact | Rejection:
-    """Validate one raw fact and normalise it; never raises for bad input."""
-    try:
-        return _normalise(raw)
-    except _Refused as refused:
-        given = raw.get("id") if isinstance(raw, Mapping) else None
-        return Rejection(index, given if isinstance(given, str) else None, refused.reason, raw)
-
-
-def normalise_all(raws: Iterable[object]) -> tuple[list[Fact], list[Rejection]]:
-    """Normalise every fact; a repeated id is refused (same content: a duplicate)."""
-    facts: list[Fact] = []
-    rejections: list[Rejection] = []
-    seen: dict[str, str] = {}
-    for index, raw in enumerate(raws):
-        result = normalise(raw, index)
-        if isinstance(result, Fact):
-            content = _canonical_json([result.type, result.time, result.patient, result.data])
-            if result.id not in seen:
-                seen[result.id] = content
-                facts.append(result)
-                continue
-            reason = (
-                f"duplicate of fact {result.id!r}"
-                if seen[result.id] == content
-                else f"id {result.id!r} already used by a different fact"
-            )
-            result = Rejection(index, result.id, reason, raw)
-        rejections.append(result)
-    return facts, rejections
-
-
-def supersession_key(fact: Fact) -> tuple[str, ...] | None:
-    """None for an event type (facts accumulate); else the key under which a newer fact
-    of the same type replaces an older one for the current state (from `x-supersession`)."""
-    fields = _supersession_table()[fact.type]
-    if fields is None:
-        return None
-    return tuple(_key_part(fact.data.get(name)) for name in fields)
-
-
-def _key_part(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _normalise(raw: object) -> Fact:
-    if not isinstance(raw, Mapping):
-        raise _Refused(f"a fact must be a JSON object, got {_show(raw)}")
-    fact = dict(raw)
-    fact_type = _fact_type(fact)
-    iso, epoch = _fact_time(fact)
-    _check_json(fact, fact_type)
-    _check_schema(fact, fact_type)
-    data = _NORMALISERS.get(fact_type, _plain_data)(fact, fact_type)
-    given = fact.get("id")
-    fact_id = given if isinstance(given, str) else _assigned_id(fact)
-    patient = fact.get("patient")
-    return Fact(
-        fact_id,
-        fact_type,
-        iso,
-        epoch,
-        patient if isinstance(patient, str) else None,
-        data,
-        copy.deepcopy(fact),
-    )
-
-
-def _fact_type(fact: Mapping[str, object]) -> str:
-    if "type" not in fact:
-        raise _Refused("missing required field 'type'")
-    fact_type = fact["type"]
-    if not isinstance(fact_type, str):
-        raise _Refused(f"fact type must be a string, got {_show(fact_type)}")
-    known = _type_defs()
-    if fact_type not in known:
-        raise _Refused(f"unknown fact type {fact_type!r}{_suggest(fact_type, known)}")
-    return fact_type
-
-
-def _fact_time(fact: Mapping[str, object]) -> tuple[str, float]:
-    if "time" in fact and "t" in fact and fact["time"] != fact["t"]:
-        raise _Refused(
-            f"both 'time' {fact['time']!r} and its alias 't' {fact['t']!r} given; send only 'time'"
-        )
-    if "time" not in fact and "t" not in fact:
-        raise _Refused("missing required field 'time'")
-    value = fact["time"] if "time" in fact else fact["t"]
-    if not isinstance(value, str):
-        raise _Refused(f"time must be an ISO 8601 string, got {_show(value)}")
-    if _RELATIVE.fullmatch(value):
-        raise _Refused(
-            f"time {value!r} is relative to the infusion day and needs an anchor "
-            "date: resolve it with resolve_relative_time first"
-        )
-    try:
-        return parse_time(value)
-    except ValueError as exc:
-        raise _Refused(str(exc)) from None
-
-
-def _check_json(value: object, fact_type: str, path: str = "") -> None:
-    """Refuse values JSON cannot carry: NaN and infinities, non-string keys, Python objects."""
-    where = f"{fact_type}: {path}: " if path else f"{fact_type}: "
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _Refused(f"{where}{value!r} is not a finite number")
-    if isinstance(value, Mapping):
-        for key, child in value.items():
-            if not isinstance(key, str):
-                raise _Refused(f"{where}key {_show(key)} is not a string")
-            _check_json(child, fact_type, f"{path}.{key}" if path else key)
-    elif isinstance(value, list):
-        for position, child in enumerate(value):
-            _check_json(child, fact_type, f"{path}.{position}" if path else str(position))
-    elif value is not None and not isinstance(value, str | int | float):
-        raise _Refused(f"{where}{_show(value)} is not a JSON value (send dates as ISO strings)")
-
-
-def _check_schema(fact: dict[str, object], fact_type: str) -> None:
-    if _fast_ok(fact, fact_type):
-        return
+        pass
     errors = sorted(
         _type_validator(fact_type).iter_errors(cast(Any, fact)),
         key=lambda e: ([str(p) for p in e.absolute_path], e.message),
     )
-    reasons = [r for e in errors for r in _describe(e, fact_type)]
-    if reasons:
-        raise _Refused("; ".join(dict.fromkeys(reasons)))
+    out: dict[str, InputProblem] = {}
+    for error in errors:
+        for problem in _describe(error, fact_type, fid):
+            out.setdefault(problem.message, problem)
+    return list(out.values())
 
 
-# --------------------------------------------------------------------------- schema errors
-
-
-def _describe(error: ValidationError, fact_type: str) -> list[str]:
-    """Short reasons for one schema error, each naming the field."""
-    prefix = f"{fact_type}: "
-    field = ".".join(str(p) for p in error.absolute_path)
+def _describe(error: ValidationError, fact_type: str, fid: str) -> list[InputProblem]:
+    """Problems for one schema error, each naming the field."""
+    field_ = ".".join(str(p) for p in error.absolute_path) or None
     instance: Any = error.instance
     spec: Any = error.validator_value
-    schema: Any = error.schema
     keyword = error.validator
-    if keyword == "additionalProperties" and isinstance(instance, dict):
-        allowed = list(schema.get("properties", {}))
-        where = f"{field}: " if field else ""
-        return [
-            f"{prefix}{where}unknown field {key!r}{_suggest(str(key), allowed)}"
-            for key in instance
-            if key not in allowed
-        ]
+
+    def problem(code: str, message: str, at: str | None = field_) -> InputProblem:
+        return InputProblem(fid, code, f"{fact_type}: {message}", at, fact_type)
+
     if keyword == "required" and isinstance(instance, dict):
-        return [f"{prefix}missing required field {name!r}" for name in spec if name not in instance]
+        return [
+            problem("SCHEMA", f"missing required field {name!r}", name)
+            for name in spec
+            if name not in instance
+        ]
     if keyword == "anyOf" and _all_required(spec):
-        return [f"{prefix}missing required field: {_alternatives(spec)}"]
+        return [problem("SCHEMA", f"missing required field: {_alternatives(spec)}")]
     if keyword == "dependentRequired" and isinstance(instance, dict):
         return [
-            f"{prefix}missing required field {need!r} (needed with {have!r})"
+            problem("SCHEMA", f"missing required field {need!r} (needed with {have!r})", need)
             for have, needs in spec.items()
             if have in instance
             for need in needs
             if need not in instance
         ]
-    if keyword == "enum":
-        return [f"{prefix}unknown {field} {_show(instance)}{_suggest_value(instance, spec)}"]
-    if keyword == "pattern" and field == "code":
-        return [f"{prefix}code {_show(instance)} is not a LOINC code (like '8310-5')"]
-    where = f"{field}: " if field else ""
-    return [f"{prefix}{where}{error.message}"]
+    if keyword in ("enum", "const"):
+        allowed = spec if keyword == "enum" else [spec]
+        return [
+            problem(
+                "UNKNOWN_VALUE",
+                f"unknown {field_} {show(instance)}{_suggest_value(instance, allowed)}",
+            )
+        ]
+    if keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return [problem("IMPLAUSIBLE_VALUE", f"{field_}: {error.message}")]
+    if keyword == "additionalProperties" and isinstance(instance, dict):
+        allowed = list(error.schema.get("properties", {})) if isinstance(error.schema, dict) else []
+        return [
+            problem("SCHEMA", f"{field_}: unknown key {key!r}{suggest(str(key), allowed)}")
+            for key in instance
+            if key not in allowed
+        ]
+    where = f"{field_}: " if field_ else ""
+    return [problem("SCHEMA", f"{where}{error.message}")]
 
 
 def _alternatives(spec: list[dict[str, list[str]]]) -> str:
-    """ "one of 'a', 'b'" or "'a' with 'b', or 'c'" for an anyOf of required lists."""
     if all(len(alt["required"]) == 1 for alt in spec):
         return "one of " + ", ".join(repr(alt["required"][0]) for alt in spec)
     return ", or ".join(" with ".join(repr(f) for f in alt["required"]) for alt in spec)
@@ -487,7 +251,7 @@ def _all_required(spec: object) -> bool:
 
 def _suggest_value(value: object, allowed: list[object]) -> str:
     names = [str(a) for a in allowed]
-    hint = _suggest(value, names) if isinstance(value, str) else ""
+    hint = suggest(value, names) if isinstance(value, str) else ""
     if hint:
         return hint
     if len(names) <= _MAX_LISTED:
@@ -495,37 +259,411 @@ def _suggest_value(value: object, allowed: list[object]) -> str:
     return ""
 
 
-def _suggest(word: str, candidates: Iterable[str]) -> str:
-    pool = list(candidates)
-    folded = {c.casefold(): c for c in pool}
-    close = (
-        [folded[word.casefold()]]
-        if word.casefold() in folded
-        else difflib.get_close_matches(word, pool, n=1, cutoff=_CUTOFF)
-    )
-    return f" (did you mean {close[0]!r}?)" if close else ""
+# --------------------------------------------------------------------------- the reader
 
 
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+class _Reader:
+    """Reads one raw fact, collecting its problems."""
+
+    def __init__(self, raw: object, index: int) -> None:
+        self.raw = raw
+        self.index = index
+        self.problems: list[InputProblem] = []
+        self.fact_type: str | None = None
+        self.about: str | None = None
+        self.t: float | None = None
+        self.fid = f"#{index}"
+
+    def add(self, code: str, message: str, field_: str | None = None) -> None:
+        self.problems.append(
+            InputProblem(self.fid, code, message, field_, self.fact_type, self.about)
+        )
+
+    def failed(self) -> bool:
+        return any(p.is_error for p in self.problems)
+
+    def reject(self) -> Rejection:
+        return Rejection(
+            self.index, self.fid, tuple(self.problems), self.raw, self.fact_type, self.t
+        )
+
+    def read(self) -> Normalised:
+        raw = self.raw
+        if not isinstance(raw, Mapping):
+            self.add("SCHEMA", f"a fact must be a JSON object, got {show(raw)}")
+            return self.reject()
+        given = raw.get("id")
+        if isinstance(given, str) and given:
+            self.fid = given
+        else:
+            self.fid = _assigned_id({k: v for k, v in raw.items() if k != "id"})
+        odd = [key for key in raw if not isinstance(key, str)]
+        if odd:
+            self.add("SCHEMA", f"key {show(odd[0])} is not a string")
+            return self.reject()
+        fact_type = self._fact_type(raw)
+        if fact_type is None:
+            return self.reject()
+        self.fact_type = fact_type
+        self.about = _about(raw, fact_type)
+        self._reassign(self.problems)
+        status = raw.get("status")
+        if isinstance(status, str) and fold(status) == "entered_in_error":
+            return self._retraction(raw)
+        return self._fact({**raw, "type": fact_type}, fact_type)
+
+    def _reassign(self, problems: list[InputProblem]) -> None:
+        self.problems = [
+            InputProblem(self.fid, p.code, p.message, p.field, self.fact_type, self.about)
+            for p in problems
+        ]
+
+    # -- the parts ----------------------------------------------------------------------------
+
+    def _check_json(self, value: object, path: str) -> None:
+        """Values JSON cannot carry or a reader cannot trust: NaN and infinities, strings with
+        a lone surrogate, a control character or a bidirectional override, non-string keys."""
+        where = path or None
+        if isinstance(value, float) and not math.isfinite(value):
+            self.add(
+                "IMPLAUSIBLE_VALUE", f"{path or 'a value'}: {value!r} is not a finite number", where
+            )
+        elif isinstance(value, str):
+            bad = _bad_character(value)
+            if bad is not None:
+                self.add("MALFORMED_TEXT", f"{path or 'a value'}: the text has {bad}", where)
+        elif isinstance(value, Mapping):
+            for key, child in value.items():
+                if not isinstance(key, str):
+                    self.add("SCHEMA", f"key {show(key)} is not a string", where)
+                    continue
+                bad = _bad_character(key)
+                if bad is not None:
+                    self.add("MALFORMED_TEXT", f"a field name has {bad}", where)
+                    continue
+                self._check_json(child, f"{path}.{key}" if path else key)
+        elif isinstance(value, list):
+            for position, child in enumerate(value):
+                self._check_json(child, f"{path}.{position}" if path else str(position))
+        elif value is not None and not isinstance(value, str | int | float):
+            self.add("SCHEMA", f"{path}: {show(value)} is not a JSON value", where)
+
+    def _fact_type(self, raw: Mapping[str, object]) -> str | None:
+        if "type" not in raw:
+            self.add("SCHEMA", "missing required field 'type'", "type")
+            return None
+        value = raw["type"]
+        if not isinstance(value, str):
+            self.add("SCHEMA", f"fact type must be a string, got {show(value)}", "type")
+            return None
+        known = type_by_fold().get(fold(value))
+        if known is None:
+            self.add(
+                "UNKNOWN_TYPE", f"unknown fact type {value!r}{suggest(value, type_defs())}", "type"
+            )
+        return known
+
+    def _retraction(self, raw: Mapping[str, object]) -> Normalised:
+        replaces = raw.get("replaces")
+        given = raw.get("id")
+        target = replaces if isinstance(replaces, str) and replaces else given
+        if not isinstance(target, str) or not target:
+            self.add(
+                "ID_CONFLICT",
+                "an entered-in-error fact must name the fact it retracts: send its id, or "
+                "'replaces' with the id",
+                "replaces",
+            )
+            return self.reject()
+        patient = raw.get("patient")
+        return Retraction(
+            self.fid, target, dict(raw), patient if isinstance(patient, str) else None
+        )
+
+    def _time(self, fact: Mapping[str, object]) -> tuple[str, float] | None:
+        if "time" in fact and "t" in fact and fact["time"] != fact["t"]:
+            self.add(
+                "SCHEMA",
+                f"both 'time' {fact['time']!r} and its alias 't' {fact['t']!r} given; send only "
+                "'time'",
+                "time",
+            )
+            return None
+        if "time" not in fact and "t" not in fact:
+            self.add("SCHEMA", "missing required field 'time'", "time")
+            return None
+        value = fact["time"] if "time" in fact else fact["t"]
+        if not isinstance(value, str):
+            self.add("SCHEMA", f"time must be an ISO 8601 string, got {show(value)}", "time")
+            return None
+        if RELATIVE.fullmatch(value):
+            self.add(
+                "SCHEMA",
+                f"time {value!r} is relative to the infusion day and needs an anchor date: "
+                "resolve it with resolve_relative_time first",
+                "time",
+            )
+            return None
+        if ISO.fullmatch(value) is None:
+            self.add("SCHEMA", f"invalid time {value!r}: {ISO_HINT}", "time")
+            return None
+        try:
+            parsed = parse_time(value)
+        except ValueError as exc:
+            self.add(
+                "IMPLAUSIBLE_TIME", f"time {value!r} is not a real date or time ({exc})", "time"
+            )
+            return None
+        if not has_offset(value):
+            self.add(
+                "TIME_WITHOUT_OFFSET",
+                f"time {value!r} has no offset and was read as UTC; send Z or an offset",
+                "time",
+            )
+        return parsed
+
+    def _fields(
+        self, fact: dict[str, object], fact_type: str
+    ) -> tuple[dict[str, object], dict[str, object]]:
+        """(known fields, extra fields). A field that differs from a known one only in case
+        is that field; any other unknown field is kept aside with a warning."""
+        props = type_defs()[fact_type]["properties"]
+        by_fold = {fold(k): k for k in props}
+        known: dict[str, object] = {}
+        extra: dict[str, object] = {}
+        for key, value in fact.items():
+            if key in props or key == "t":
+                known[key] = value
+                continue
+            meant = by_fold.get(fold(key))
+            if meant is not None and meant not in fact:
+                known[meant] = value
+                continue
+            extra[key] = value
+            self.add(
+                "UNKNOWN_FIELD",
+                f"{fact_type}: field {key!r} is not part of the {fact_type} schema: kept, not "
+                f"used{suggest(key, props)}",
+                key,
+            )
+        return known, extra
+
+    def _canonical_values(self, fact: dict[str, object], fact_type: str) -> None:
+        """Closed values and governed names in their canonical spelling."""
+        props = type_defs()[fact_type]["properties"]
+        for key in list(fact):
+            spec = props.get(key)
+            if spec is None:
+                continue
+            fact[key] = enum_value(fact_type, key, spec, fact[key])
+            inner = resolve(spec)
+            if isinstance(inner, dict) and isinstance(fact[key], dict):
+                items = inner.get("additionalProperties")
+                nested = cast(dict[str, object], fact[key])
+                for k in list(nested):
+                    nested[k] = enum_value(fact_type, key, items, nested[k])
+        if fact_type == "medication_admin":
+            self._drug_by_code(fact)
+        vocab = terms()
+        for key in list(fact):
+            governed = vocab.governed(fact_type, key)
+            value = fact[key]
+            if governed is None or not isinstance(value, str):
+                continue
+            canonical = governed.lookup(value)
+            if canonical is None:
+                self.add(
+                    "UNKNOWN_NAME",
+                    f"{fact_type}: unknown {key} {value!r}: not in the {governed.name} vocabulary "
+                    f"(schemas/terms.json){suggest(value, governed.by_fold_names())}",
+                    key,
+                )
+            else:
+                fact[key] = canonical
+        if fact_type == "serology" and isinstance(fact.get("results"), dict):
+            self._panel(fact)
+
+    def _drug_by_code(self, fact: dict[str, object]) -> None:
+        code = fact.get("rxnorm")
+        if not isinstance(code, str):
+            return
+        drugs = terms().lists["drugs"]
+        canonical = drugs.by_code.get(("rxnorm", code))
+        sent = fact.get("drug")
+        if canonical is not None:
+            if isinstance(sent, str) and drugs.lookup(sent) != canonical:
+                fact["drug_text"] = sent
+            fact["drug"] = canonical
+        elif isinstance(sent, str) and drugs.lookup(sent) is not None:
+            self.add(
+                "IDENTIFIED_BY_NAME",
+                f"medication_admin: RxNorm code {code!r} is not in the drug vocabulary; the "
+                f"drug was identified by its name {sent!r}",
+                "rxnorm",
+            )
+        else:
+            self.add(
+                "UNKNOWN_CODE",
+                f"medication_admin: RxNorm code {code!r} is not in the drug vocabulary "
+                "(schemas/terms.json) and the drug name does not identify the drug either",
+                "rxnorm",
+            )
+
+    def _panel(self, fact: dict[str, object]) -> None:
+        tests = terms().lists["serology_tests"]
+        panel = cast(dict[str, object], fact["results"])
+        out: dict[str, object] = {}
+        for name, result in panel.items():
+            canonical = tests.lookup(name)
+            if canonical is None:
+                self.add(
+                    "UNKNOWN_NAME",
+                    f"serology: unknown test {name!r} in results: not in the serology test "
+                    f"vocabulary{suggest(name, tests.by_fold_names())}",
+                    f"results.{name}",
+                )
+            else:
+                out[canonical] = result
+        fact["results"] = out
+
+    def _fact(self, sent: dict[str, object], fact_type: str) -> Normalised:
+        known, extra = self._fields(sent, fact_type)
+        self._check_json(known, "")  # only what is used: an extra field is kept as it is
+        if self.failed():
+            return self.reject()
+        when = self._time(known)
+        self.t = when[1] if when is not None else None
+        replaces = known.get("replaces")
+        if isinstance(replaces, str) and replaces == self.fid:
+            self.add("ID_CONFLICT", f"fact {self.fid!r} names itself in 'replaces'", "replaces")
+        self._canonical_values(known, fact_type)
+        if self.failed() or when is None:
+            return self.reject()
+        checked = {k: v for k, v in known.items() if k != "t"}
+        checked.setdefault("time", when[0])
+        self.problems.extend(_schema_problems(checked, fact_type, self.fid))
+        if self.failed():
+            return self.reject()
+        if self._record_status(known, fact_type):
+            return self.reject()
+        try:
+            data = _NORMALISERS.get(fact_type, _plain_data)(known, fact_type)
+        except Unusable as unusable:
+            self.add(unusable.code, f"{fact_type}: {unusable.message}", unusable.field)
+            return self.reject()
+        self._plausible(data, fact_type)
+        if self.failed():
+            return self.reject()
+        given = sent.get("id")
+        fid = (
+            given
+            if isinstance(given, str) and given
+            else _assigned_id({k: v for k, v in known.items() if k != "id"})
+        )
+        if fid != self.fid:
+            self.fid = fid
+            self._reassign(self.problems)
+        patient = known.get("patient")
+        return Fact(
+            fid,
+            fact_type,
+            when[0],
+            when[1],
+            patient if isinstance(patient, str) else None,
+            data,
+            copy.deepcopy(dict(sent)),
+            tuple(self.problems),
+            extra,
+            replaces if isinstance(replaces, str) else None,
+        )
+
+    def _record_status(self, known: dict[str, object], fact_type: str) -> bool:
+        """True when the record's status says it is not to be used (said as NOT_USED)."""
+        spec = type_defs()[fact_type]["properties"].get("status")
+        if ref_name(spec) != "_record_status":
+            return False
+        status = known.pop("status", None)
+        if status == "preliminary":
+            self.add(
+                "PRELIMINARY",
+                f"{fact_type}: a preliminary result, used until a final one replaces it",
+                "status",
+            )
+        elif isinstance(status, str) and status in _NOT_USED_STATUSES:
+            self.add(
+                "NOT_USED",
+                f"{fact_type}: status {status!r} ({_NOT_USED_STATUSES[status]}): not used",
+                "status",
+            )
+            return True
+        return False
+
+    def _plausible(self, data: Mapping[str, object], fact_type: str) -> None:
+        props = type_defs()[fact_type]["properties"]
+        for key, value in data.items():
+            spec = props.get(key)
+            message = plausibility_problem(key, value, spec) if isinstance(spec, dict) else None
+            if message is not None:
+                self.add("IMPLAUSIBLE_VALUE", f"{fact_type}: {message}", key)
+
+
+def _about(raw: Mapping[str, object], fact_type: str) -> str | None:
+    """What a fact names (an observation, a drug, a condition, ...), when that can be told
+    even if the fact is otherwise unusable; None when it cannot."""
+    if fact_type == "observation":
+        vocab = observation_terms()
+        code, name = raw.get("code"), raw.get("name")
+        if isinstance(code, str) and code in vocab.by_code:
+            return vocab.by_code[code][0]
+        if isinstance(name, str):
+            return vocab.by_fold.get(fold(name))
+        return None
+    field_ = NAME_FIELDS.get(fact_type)
+    value = raw.get(field_) if field_ else None
+    if field_ is None or not isinstance(value, str):
+        return None
+    if fact_type == "medication_admin" and isinstance(raw.get("rxnorm"), str):
+        by_code = terms().lists["drugs"].by_code.get(("rxnorm", str(raw["rxnorm"])))
+        if by_code is not None:
+            return by_code
+    governed = terms().governed(fact_type, field_)
+    if governed is not None:
+        return governed.lookup(value)
+    spec = type_defs()[fact_type]["properties"].get(field_)
+    canonical = enum_value(fact_type, field_, spec, value)
+    allowed = resolve(spec).get("enum") if isinstance(resolve(spec), dict) else None
+    return str(canonical) if isinstance(allowed, list) and canonical in allowed else None
+
+
+def _bad_character(text: str) -> str | None:
+    for ch in text:
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            return f"a lone surrogate (U+{code:04X})"
+        if ch in _BIDI:
+            return f"a bidirectional control character (U+{code:04X})"
+        if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r":
+            return f"a control character (U+{code:04X})"
+    return None
 
 
 # --------------------------------------------------------------------------- data per type
 
 
 def _plain_data(fact: Mapping[str, object], fact_type: str) -> dict[str, object]:
-    """The fields as sent (without the envelope), with the schema's defaults filled in."""
+    """The fields as sent (without the envelope), with the schema's defaults filled in and an
+    epoch `<field>_t` beside every date field."""
     data = {k: copy.deepcopy(v) for k, v in fact.items() if k not in _ENVELOPE}
-    for name, spec in _type_defs()[fact_type]["properties"].items():
+    for name, spec in type_defs()[fact_type]["properties"].items():
         if "default" in spec and name not in data:
             data[name] = copy.deepcopy(spec["default"])
         if spec.get("format") in ("date", "date-time") and isinstance(data.get(name), str):
-            # dates compare as epoch seconds, never as strings
             try:
                 data[f"{name}_t"] = parse_time(str(data[name]))[1]
             except ValueError as exc:
-                raise _Refused(f"{fact_type}: {name} {data[name]!r} is not a date ({exc})") from exc
+                raise Unusable(
+                    "IMPLAUSIBLE_TIME", f"{name} {data[name]!r} is not a date ({exc})", name
+                ) from exc
     return data
 
 
@@ -534,8 +672,10 @@ def _ice_data(fact: Mapping[str, object], fact_type: str) -> dict[str, object]:
     parts = ("orientation", "naming", "commands", "writing", "attention")
     total = sum(v for p in parts if isinstance(v := data.get(p, 0), int))
     if "total" in data and data["total"] != total:
-        raise _Refused(
-            f"ice: total {data['total']!r} disagrees with the sum of the components ({total})"
+        raise Unusable(
+            "SCHEMA",
+            f"total {data['total']!r} disagrees with the sum of the components ({total})",
+            "total",
         )
     data["total"] = total
     return data
@@ -545,158 +685,99 @@ def _line_data(fact: Mapping[str, object], fact_type: str) -> dict[str, object]:
     data = _plain_data(fact, fact_type)
     start, end = data.get("start"), data.get("end")
     if isinstance(start, str) and isinstance(end, str) and end < start:
-        raise _Refused(f"line_of_therapy: end {end!r} is before start {start!r}")
+        raise Unusable("IMPLAUSIBLE_TIME", f"end {end!r} is before start {start!r}", "end")
     return data
 
 
 def _observation_data(fact: Mapping[str, object], fact_type: str) -> dict[str, object]:
     sent = _plain_data(fact, fact_type)
-    name, code = _observation_identity(sent)
-    entry = _vocabulary().entries[name]
-    implied = _implied_fields(sent, name, code)
-    value = _typed_value(sent["value"], name, entry)
-    unit = _observation_unit(sent.get("unit"), name, entry)
-    data: dict[str, object] = {
-        "name": name,
-        "code": code if code is not None else entry.get("default_code"),
-        "value": _convert(value, entry, unit),
-        "unit": entry["unit"],
-        "value_as_sent": sent["value"],
-        "unit_as_sent": sent.get("unit"),
-    }
-    _check_range(data["value"], name, entry)
-    for ref in ("ref_high", "ref_low"):
-        if ref in sent:
-            data[ref] = _convert(sent[ref], entry, unit)
-    for key in ("on_room_air", "method", "note"):
+    data = observation_data(sent)
+    for key in ("setting", "status"):
         if key in sent:
             data[key] = sent[key]
-    data.update(implied)
     return data
 
 
-def _observation_identity(sent: Mapping[str, object]) -> tuple[str, str | None]:
-    """(canonical name, LOINC code as sent or None), from the code and/or the name."""
-    vocab = _vocabulary()
-    code, name = sent.get("code"), sent.get("name")
-    by_code = by_name = None
-    if isinstance(code, str):
-        if code in vocab.refused:
-            raise _Refused(f"observation: code {code!r} is refused: {vocab.refused[code]}")
-        if code not in vocab.by_code:
-            raise _Refused(
-                f"observation: unknown code {code!r} (not in the observation "
-                "vocabulary, schemas/observations.json: send a known LOINC code or "
-                "a name)"
-            )
-        by_code = vocab.by_code[code][0]
-    if isinstance(name, str):
-        if name not in vocab.by_name:
-            raise _Refused(f"observation: unknown name {name!r}{_suggest(name, vocab.by_name)}")
-        by_name = vocab.by_name[name]
-    if by_code and by_name and by_code != by_name:
-        raise _Refused(
-            f"observation: code {code!r} ({by_code}) disagrees with name {name!r} ({by_name})"
-        )
-    resolved = by_code or by_name
-    assert resolved is not None  # the schema requires code or name
-    return resolved, code if isinstance(code, str) else None
+# record statuses (FHIR Observation.status words) of the types without a status of their own
+_NOT_USED_STATUSES = {"registered": "no result yet", "cancelled": "cancelled"}
 
 
-def _implied_fields(sent: Mapping[str, object], name: str, code: str | None) -> dict[str, object]:
-    """Fields the code (its method) and the alias imply; refused when anything disagrees."""
-    vocab = _vocabulary()
-    sources: list[tuple[str, Mapping[str, object]]] = []
-    if code is not None and "method" in vocab.by_code[code][1]:
-        sources.append((f"code {code!r}", {"method": vocab.by_code[code][1]["method"]}))
-    alias = sent.get("name")
-    implies = vocab.entries[name].get("alias_implies", {})
-    if isinstance(alias, str) and alias in implies:
-        sources.append((f"name {alias!r}", implies[alias]))
-    implied: dict[str, tuple[object, str]] = {}
-    for source, fields in sources:
-        for key, value in fields.items():
-            if key in implied and implied[key][0] != value:
-                raise _Refused(
-                    f"observation: {implied[key][1]} implies {key} "
-                    f"{implied[key][0]!r} but {source} implies {value!r}"
-                )
-            implied[key] = (value, source)
-    for key, (value, source) in implied.items():
-        if key in sent and sent[key] != value:
-            raise _Refused(
-                f"observation: {key} {sent[key]!r} disagrees with {source}, which implies {value!r}"
-            )
-    return {key: value for key, (value, _) in implied.items()}
-
-
-def _typed_value(value: object, name: str, entry: Mapping[str, Any]) -> object:
-    kind = entry["value_type"]
-    if kind == "string":
-        if not isinstance(value, str):
-            raise _Refused(f"observation: {name} value {_show(value)} must be a string")
-        return value
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise _Refused(f"observation: {name} value {_show(value)} must be a number")
-    if kind == "integer":
-        if isinstance(value, float) and not value.is_integer():
-            raise _Refused(f"observation: {name} value {value!r} must be a whole number")
-        return int(value)
-    return value
-
-
-def _observation_unit(unit: object, name: str, entry: Mapping[str, Any]) -> str | None:
-    accepted = list(entry["units"])
-    listed = ", ".join(accepted)
-    if not accepted:
-        if unit is not None:
-            raise _Refused(f"observation: unexpected unit {unit!r} for {name} (it takes no unit)")
-        return None
-    if unit is None:
-        raise _Refused(f"observation: missing unit for {name} (accepted: {listed})")
-    if unit not in accepted:
-        raise _Refused(f"observation: unknown unit {unit!r} for {name} (accepted: {listed})")
-    return str(unit)
-
-
-def _convert(value: object, entry: Mapping[str, Any], unit: str | None) -> object:
-    """`value` in `unit` -> the canonical unit: (v + shift_before) * multiply / divide,
-    computed exactly in decimal from the value as written, rounded once to a double."""
-    if unit is None or unit == entry["unit"] or not isinstance(value, int | float):
-        return value
-    rule = entry["units"][unit]
-    with localcontext() as ctx:
-        ctx.prec = 50
-        exact = (
-            (_dec(value) + _dec(rule["shift_before"]))
-            * _dec(rule["multiply"])
-            / _dec(rule["divide"])
-        )
-    converted = float(exact)
-    if not math.isfinite(converted):
-        raise _Refused(f"{value!r} {unit} is out of range once converted to {entry['unit']}")
-    return converted
-
-
-def _dec(number: int | float) -> Decimal:
-    return Decimal(repr(number))
-
-
-def _check_range(value: object, name: str, entry: Mapping[str, Any]) -> None:
-    bounds = entry.get("range")
-    if not bounds or not isinstance(value, int | float):
-        return
-    low, high = bounds
-    if (low is not None and value < low) or (high is not None and value > high):
-        shown = f"{low if low is not None else ''}..{high if high is not None else ''}"
-        raise _Refused(f"observation: {name} value {value!r} {entry['unit']} is outside {shown}")
-
-
-_NORMALISERS = {
+_NORMALISERS: dict[str, Callable[[Mapping[str, object], str], dict[str, object]]] = {
     "observation": _observation_data,
     "ice": _ice_data,
     "line_of_therapy": _line_data,
 }
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def normalise(raw: object, index: int = 0) -> Normalised:
+    """Read one raw fact; never raises for bad input."""
+    return _Reader(raw, index).read()
+
+
+def normalise_all(raws: Iterable[object]) -> tuple[list[Fact], list[Rejection]]:
+    """Read every fact. A repeated id with the same content is dropped (sent twice); with other
+    content it is a later version and both are returned. Retractions are left out: use a
+    session to apply them."""
+    facts: list[Fact] = []
+    rejections: list[Rejection] = []
+    seen: dict[str, set[str]] = {}
+    for index, raw in enumerate(raws):
+        result = normalise(raw, index)
+        if isinstance(result, Rejection):
+            rejections.append(result)
+        elif isinstance(result, Fact):
+            versions = seen.setdefault(result.id, set())
+            if result.content not in versions:
+                versions.add(result.content)
+                facts.append(result)
+    return facts, rejections
+
+
+def supersession_key(fact: Fact) -> tuple[str, ...] | None:
+    """None for an event type (facts accumulate); else the key under which a newer fact of the
+    same type replaces an older one for the current state (from `x-supersession`)."""
+    fields = supersession_table()[fact.type]
+    if fields is None:
+        return None
+    return tuple(_key_part(fact.data.get(name)) for name in fields)
+
+
+def _key_part(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def worse_rank(fact: Fact) -> float:
+    """How bad a state fact's value is, for two different facts of one kind at the same
+    instant: the worse one is current (observations: `worse` in observations.json; other
+    types: `x-worse` in the fact schema). 0 when nothing is declared."""
+    spec: Any
+    if fact.type == "observation":
+        entry = observation_terms().entries.get(str(fact.data.get("name")), {})
+        spec = (
+            {"field": "value", "direction": entry["worse"]}
+            if isinstance(entry.get("worse"), str)
+            else ({"field": "value", "order": entry["worse"]} if entry.get("worse") else None)
+        )
+    else:
+        spec = type_defs()[fact.type].get("x-worse")
+    return _rank(fact.data, spec) if spec else 0.0
+
+
+def _rank(data: Mapping[str, object], spec: Mapping[str, Any]) -> float:
+    value = data.get(spec["field"])
+    if "order" in spec:
+        order = list(spec["order"])
+        rank = float(len(order) - order.index(value)) if value in order else 0.0
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        rank = float(value) if spec["direction"] == "higher" else -float(value)
+    else:
+        rank = 0.0
+    if "then" in spec:
+        rank = rank * 1e6 + _rank(data, spec["then"]) / 1e6
+    return rank
 
 
 # --------------------------------------------------------------------------- ids
@@ -704,10 +785,19 @@ _NORMALISERS = {
 
 def _canonical_json(value: object) -> str:
     return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+        allow_nan=False,
+        default=str,
     )
 
 
 def _assigned_id(fact: Mapping[str, object]) -> str:
     body = {k: v for k, v in fact.items() if k != "id"}
-    return "f-" + hashlib.sha256(_canonical_json(body).encode("utf-8")).hexdigest()[:16]
+    try:
+        text = _canonical_json(body)
+    except ValueError:  # NaN or infinity: still an id, never a crash
+        text = repr(sorted(body.items(), key=lambda kv: str(kv[0])))
+    return "f-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -39,6 +39,7 @@ CODES: dict[str, Severity] = {
     "RETRACTED": "warning",  # entered in error: removed from the evaluation
     "PRELIMINARY": "warning",  # a preliminary result, used until a final one arrives
     "NOT_USED": "warning",  # understood and deliberately not used (cancelled, not done)
+    "IDENTIFIED_BY_NAME": "warning",  # a code the vocabulary lacks; its name identified it
     "TIME_WITHOUT_OFFSET": "warning",  # a date-time without an offset, read as UTC
 }
 
@@ -49,9 +50,10 @@ class InputProblem:
 
     `fact` is the fact's id as the host knows it (the id it sent, or the id the engine
     assigned, or `#<position>` for an item that is not even an object). `field` is the
-    field the problem is about, or None for the fact as a whole. `affects` is the fact
-    type the problem is classified under (for degradation; None: it could affect any
-    decision). It is not part of the output.
+    field the problem is about, or None for the fact as a whole. `affects` (the fact type)
+    and `about` (what the fact names: an observation, a drug, a condition, when it could be
+    told) classify the problem for degradation; None means it could affect anything. They
+    are not part of the output.
     """
 
     fact: str
@@ -59,6 +61,7 @@ class InputProblem:
     message: str
     field: str | None = None
     affects: str | None = None
+    about: str | None = None
 
     def __post_init__(self) -> None:
         if self.code not in CODES:

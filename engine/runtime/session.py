@@ -43,19 +43,21 @@ from engine.language.compile import (
 )
 from engine.language.ruleset import Collect, Conclusion, Rule
 from engine.runtime._matcher import Matcher, matcher
-from engine.runtime.facts import Fact, Rejection, normalise, parse_time, supersession_key
+from engine.runtime.facts import (
+    Fact,
+    Normalised,
+    Rejection,
+    Retraction,
+    normalise,
+    supersession_key,
+    worse_rank,
+)
+from engine.runtime.problems import InputProblem
+from engine.runtime.times import iso, parse_time
 
 MAX_FIRINGS_PER_STEP = 100_000  # a runaway chain is stopped, not left to spin
 
 FiringKey = tuple[str, tuple[str, ...]]
-
-
-def iso(t: float) -> str:
-    stamp = datetime.fromtimestamp(t, tz=UTC)
-    text = stamp.strftime("%Y-%m-%dT%H:%M:%S")
-    if stamp.microsecond:
-        text += f".{stamp.microsecond:06d}".rstrip("0")
-    return text + "Z"
 
 
 @dataclass
@@ -127,9 +129,14 @@ class Session:
         self._m = matcher_ or matcher()
         self._rs = compiled.name
         self._policy = compiled.ruleset.policy()
-        self._facts: dict[str, Fact] = {}
-        self._raw_by_id: dict[str, str] = {}
-        self._rejected: list[Rejection] = []
+        self._facts: dict[str, Fact] = {}  # the used version of each fact id
+        self._received = 0
+        self._problems: list[InputProblem] = []
+        self._problem_keys: set[tuple[str, str, str | None, str]] = set()
+        self._retracted: set[str] = set()  # fact ids entered in error
+        self._replaced_by: dict[str, str] = {}  # fact id -> the fact that corrects it
+        self._after: list[str] = []  # facts later than a fixed as_of: outside the evaluation
+        self._by_key: dict[tuple[Any, ...], set[str]] = {}  # supersession key -> used fact ids
         self._current: dict[tuple[Any, ...], str] = {}  # supersession key -> fact id
         self._superseded: dict[str, str] = {}  # fact id -> the fact id that replaced it
         self._live: dict[str, _Live] = {}
@@ -172,27 +179,22 @@ class Session:
     def now(self) -> float | None:
         return self._clock
 
-    def add(self, raw: object, index: int | None = None) -> Fact | Rejection:
-        """Add one fact (raw JSON object or a normalised `Fact`); returns it or its rejection."""
+    def add(self, raw: object, index: int | None = None) -> Normalised:
+        """Add one fact (a raw JSON object, or a normalised `Fact`, `Retraction` or
+        `Rejection`); returns what it was read as. Never raises for bad input: what cannot be
+        used is an input problem of the evaluation."""
         if self._closed:
             raise EvaluationError("the session is closed")
-        idx = len(self._facts) + len(self._rejected) if index is None else index
-        if isinstance(raw, Rejection):
-            self._reject(raw)
-            return raw
-        fact = raw if isinstance(raw, Fact) else normalise(raw, idx)
-        if isinstance(fact, Rejection):
-            self._reject(fact)
-            return fact
-        reason = self._refusal(fact)
-        if reason is not None:
-            rejection = Rejection(idx, fact.id, reason, fact.raw)
-            self._reject(rejection)
-            return rejection
-        self._facts[fact.id] = fact
-        self._raw_by_id[fact.id] = _canonical(fact.raw)
-        self._transaction(lambda: self._insert(fact))
-        return fact
+        idx = self._received if index is None else index
+        self._received += 1
+        item = raw if isinstance(raw, Fact | Retraction | Rejection) else normalise(raw, idx)
+        if isinstance(item, Rejection):
+            self._reject(item)
+        elif isinstance(item, Retraction):
+            self._transaction(lambda: self._retraction(item))
+        else:
+            self._admit(item)
+        return item
 
     def add_all(self, raws: Iterable[object]) -> None:
         for i, raw in enumerate(raws):
@@ -206,27 +208,148 @@ class Session:
 
     # -- facts -------------------------------------------------------------------------------
 
-    def _refusal(self, fact: Fact) -> str | None:
-        if fact.id in self._facts:
-            if self._raw_by_id[fact.id] == _canonical(fact.raw):
-                return f"duplicate of fact {fact.id!r}"
-            return f"id {fact.id!r} already used by a different fact"
-        if self.patient is not None and fact.patient is not None and fact.patient != self.patient:
-            return f"fact for patient {fact.patient!r} in a session for patient {self.patient!r}"
-        if self._fixed_clock and self._clock is not None and fact.t > self._clock:
-            return f"time {fact.time!r} is after as_of {iso(self._clock)!r}"
-        return None
+    def _problem(self, problem: InputProblem) -> None:
+        key = (problem.fact, problem.code, problem.field, problem.message)
+        if key not in self._problem_keys:
+            self._problem_keys.add(key)
+            self._problems.append(problem)
 
     def _reject(self, rejection: Rejection) -> None:
-        self._rejected.append(rejection)
+        for problem in rejection.problems:
+            self._problem(problem)
         self._event(
             {
                 "event": "rejected",
                 "fact": rejection.id,
                 "index": rejection.index,
-                "reason": rejection.reason,
+                "reason": rejection.reason or "not used",
             }
         )
+
+    def _admit(self, fact: Fact) -> None:
+        if self.patient is not None and fact.patient is not None and fact.patient != self.patient:
+            self._reject(
+                Rejection(
+                    self._received - 1,
+                    fact.id,
+                    (
+                        InputProblem(
+                            fact.id,
+                            "WRONG_PATIENT",
+                            f"a fact of patient {fact.patient!r} sent for patient "
+                            f"{self.patient!r}: not used",
+                            "patient",
+                            fact.type,
+                        ),
+                    ),
+                    fact.raw,
+                    fact.type,
+                )
+            )
+            return
+        if fact.id in self._retracted:
+            return  # its retraction arrived first (RETRACTED is reported)
+        if fact.id in self._replaced_by:
+            return  # a correction naming it arrived first (SUPERSEDED_BY_CORRECTION is reported)
+        previous = self._facts.get(fact.id)
+        if previous is not None and previous.content == fact.content:
+            return  # sent again: the same fact
+        if self._fixed_clock and self._clock is not None and fact.t > self._clock:
+            if fact.id not in self._after:
+                self._after.append(fact.id)
+            return
+        for problem in fact.problems:
+            self._problem(problem)
+
+        def step() -> None:
+            if previous is not None:
+                self._problem(
+                    InputProblem(
+                        fact.id,
+                        "SUPERSEDED_BY_CORRECTION",
+                        f"an earlier version of fact {fact.id!r} was replaced by the version "
+                        "received later",
+                        None,
+                        fact.type,
+                    )
+                )
+                self._remove(fact.id, {"kind": "corrected", "fact": fact.id, "by": fact.id})
+            if fact.replaces is not None:
+                self._correction(fact)
+            self._facts[fact.id] = fact
+            self._insert(fact)
+
+        self._transaction(step)
+
+    def _correction(self, fact: Fact) -> None:
+        """`fact` replaces the fact it names, now or whenever that one arrives."""
+        old = fact.replaces
+        assert old is not None
+        self._replaced_by[old] = fact.id
+        self._problem(
+            InputProblem(
+                old,
+                "SUPERSEDED_BY_CORRECTION",
+                f"fact {old!r} was corrected by fact {fact.id!r}, which is used instead",
+                None,
+                fact.type,
+            )
+        )
+        if old in self._facts:
+            self._remove(old, {"kind": "corrected", "fact": old, "by": fact.id})
+
+    def _retraction(self, retraction: Retraction) -> None:
+        target = retraction.target
+        if target in self._retracted:
+            return
+        self._retracted.add(target)
+        self._problem(
+            InputProblem(
+                target,
+                "RETRACTED",
+                f"fact {target!r} was entered in error"
+                + (f" (retracted by {retraction.id!r})" if retraction.id != target else "")
+                + ": removed from the evaluation",
+                None,
+                None,
+            )
+        )
+        if target in self._facts:
+            self._remove(target, {"kind": "retracted", "fact": target, "by": retraction.id})
+
+    def _remove(self, fact_id: str, cause: dict[str, str]) -> None:
+        """Take a used fact out of the evaluation (corrected or retracted): what was concluded
+        from it is withdrawn; for a state fact, the newest remaining one of its kind is
+        current again."""
+        fact = self._facts.pop(fact_id)
+        self._event({"event": cause["kind"], "fact": fact_id, "by": cause["by"]})
+        reason = (
+            f"{fact_id} corrected by {cause['by']}"
+            if cause["kind"] == "corrected"
+            else f"{fact_id} entered in error"
+        )
+        for view in ("a", "c"):
+            did = self._asserted_views.pop((fact_id, view), None)
+            if did is not None:
+                self._retract(did, reason)
+        key = supersession_key(fact)
+        if key is None:
+            return
+        full_key = (fact.type, *key)
+        members = self._by_key.get(full_key, set())
+        members.discard(fact_id)
+        self._superseded.pop(fact_id, None)
+        if self._current.get(full_key) != fact_id:
+            return
+        del self._current[full_key]
+        if members:
+            best = max((self._facts[i] for i in members), key=_order)
+            self._superseded.pop(best.id, None)
+            for other in members - {best.id}:
+                self._superseded[other] = best.id
+            self._current[full_key] = best.id
+            if "c" in self.compiled.views.get(best.type, frozenset()):
+                self._assert_input(best, "c")
 
     def _insert(self, fact: Fact) -> None:
         if self.patient is None and fact.patient is not None:
@@ -240,10 +363,12 @@ class Session:
         if key is None:
             return
         full_key = (fact.type, *key)
+        self._by_key.setdefault(full_key, set()).add(fact.id)
         current_id = self._current.get(full_key)
         if current_id is not None:
             current = self._facts[current_id]
-            if (fact.t, fact.id) < (current.t, current.id):
+            self._conflict(fact, current)
+            if _order(fact) < _order(current):
                 self._superseded[fact.id] = current_id
                 self._event(
                     {
@@ -262,6 +387,22 @@ class Session:
         self._current[full_key] = fact.id
         if "c" in views:
             self._assert_input(fact, "c")
+
+    def _conflict(self, fact: Fact, other: Fact) -> None:
+        """Two different values of one kind at the same instant: the worse one is current."""
+        if fact.t != other.t or _meaning(fact) == _meaning(other):
+            return
+        used, unused = (fact, other) if _order(fact) > _order(other) else (other, fact)
+        self._problem(
+            InputProblem(
+                unused.id,
+                "DUPLICATE_CONFLICT",
+                f"{_what(unused)} at {unused.time} conflicts with {_what(used)} (fact "
+                f"{used.id!r}) at the same time; the worse value is used",
+                None,
+                unused.type,
+            )
+        )
 
     def _assert_input(self, fact: Fact, view: str) -> None:
         content = {
@@ -299,13 +440,14 @@ class Session:
         self._live[stored] = live
         return stored
 
-    def _retract(self, did: str) -> None:
+    def _retract(self, did: str, reason: str | None = None) -> None:
         """Retract a fact and, recursively, everything concluded from it."""
         if self._live.pop(did, None) is None:
             return
         self._m.retract_fact(self._rs, self._sid, did)
+        why = reason or f"{self._display_id(did)} is gone"
         for key in sorted(self._supports.pop(did, ())):
-            self._withdraw_firing(key, reason=f"{self._display_id(did)} is gone")
+            self._withdraw_firing(key, reason=why)
 
     # -- the agenda --------------------------------------------------------------------------
 
@@ -763,11 +905,13 @@ class Session:
             if not f.active and f.branch.role == "main" and f.branch.rule.id == rule_id
         )
 
-    def rejected(self) -> list[dict[str, Any]]:
-        return [
-            {"index": r.index, "id": r.id, "reason": r.reason, "fact": r.fact}
-            for r in self._rejected
-        ]
+    def input_problems(self) -> list[InputProblem]:
+        """Every problem with the input so far, in the order found."""
+        return list(self._problems)
+
+    def after_as_of(self) -> list[str]:
+        """The ids of facts later than the fixed `as_of`: outside this evaluation."""
+        return list(self._after)
 
     def facts(self) -> list[Fact]:
         return sorted(self._facts.values(), key=lambda f: (f.t, f.id))
@@ -916,3 +1060,23 @@ def _apply(op: str, values: list[Any]) -> Any:
     if op == "days_between":
         return (float(values[1]) - float(values[0])) / 86400.0
     raise ValueError(f"unknown operator {op!r}")
+
+
+def _order(fact: Fact) -> tuple[float, float, str]:
+    """Which of two facts of one kind is current: the later; at the same instant the worse;
+    then a fixed order of ids."""
+    return (fact.t, worse_rank(fact), fact.id)
+
+
+_NOT_MEANING = ("value_as_sent", "unit_as_sent", "note", "setting")
+
+
+def _meaning(fact: Fact) -> str:
+    return _canonical({k: v for k, v in fact.data.items() if k not in _NOT_MEANING})
+
+
+def _what(fact: Fact) -> str:
+    data = fact.data
+    if fact.type == "observation":
+        return f"{data.get('name')} {data.get('value')} {data.get('unit') or ''}".strip()
+    return fact.type
