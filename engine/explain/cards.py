@@ -429,14 +429,13 @@ class CardMaker:
     def unused_data_cards(
         self,
         evaluation: Mapping[str, Any],
-        unmapped: Sequence[Any],
         *,
         service: str,
         patient: str,
     ) -> list[Rendered]:
         """Unknown is not false: a critical card whenever the evaluation is incomplete (facts
-        the engine could not use: grading and eligibility may be wrong), listing them; and a
-        warning for FHIR entries sent with the call that did not become facts."""
+        the engine could not use, FHIR entries of the call that did not map: grading and
+        eligibility may be wrong), listing them."""
         errors = [p for p in evaluation.get("input_problems") or [] if p.get("severity") == "error"]
         out: list[Rendered] = []
         if errors:
@@ -473,33 +472,6 @@ class CardMaker:
                     card, "input", "INPUT_NOT_USED", "cart-cds.input", keys, service, patient
                 )
             )
-        lines = []
-        keys = []
-        for u in unmapped:
-            ident = f"{u.resource_type or '?'}/{u.resource_id or '?'}"
-            keys.append(f"fhir:{ident}:{u.reason}")
-            lines.append(f"- FHIR `{ident}` (entry {u.index}): {u.reason}")
-        if not lines:
-            return out
-        card = Card(
-            uuid=card_uuid("unused", "cart-cds.input", 1, "DATA_NOT_USED", keys),
-            summary=_summary(
-                f"{len(lines)} item(s) of patient data could not be used: the advice may be "
-                "incomplete"
-            ),
-            detail="\n\n".join(
-                ["These data were sent but not used by the rules:", "\n".join(_shown(lines))]
-            ),
-            indicator="warning",
-            source=Source(
-                label="cart-cds input check",
-                url=f"{self.base_url}/openapi.json",
-                topic=Coding(system=FINDING_SYSTEM, code="data_not_used", display="data not used"),
-            ),
-        )
-        out.append(
-            self._issued(card, "input", "DATA_NOT_USED", "cart-cds.input", keys, service, patient)
-        )
         return out
 
     # -- order-select / order-sign ------------------------------------------------------------

@@ -69,25 +69,19 @@ def _read_input(path: str) -> tuple[list[object], list[InputProblem]]:
         raise click.FileError(path, hint=exc.strerror or str(exc)) from exc
     try:
         if text.removeprefix("\ufeff").lstrip().startswith("{"):
-            from engine.host.fhir import bundle_to_facts, is_fhir_bundle
+            from engine.host.fhir import is_fhir_bundle, read_bundle
 
             try:
                 doc = json.loads(text.removeprefix("\ufeff"))
             except json.JSONDecodeError:
                 doc = None  # NDJSON or bad JSON: load_facts_text names the line
             if is_fhir_bundle(doc):
-                facts, unmapped = bundle_to_facts(doc)
-                return [*facts], [_unmapped_problem(u) for u in unmapped]
+                mapped = read_bundle(doc)
+                return [*mapped.facts], list(mapped.problems)
         return load_facts_text(text), []
     except FactError as exc:
         click.echo(f"{path}: {exc}", err=True)
         raise SystemExit(2) from exc
-
-
-def _unmapped_problem(entry: Any) -> InputProblem:
-    """A FHIR entry that did not become a fact: it could have touched any decision."""
-    ident = f"{entry.resource_type or 'entry'}/{entry.resource_id or entry.index}"
-    return InputProblem(ident, "UNKNOWN_CODE", f"FHIR entry #{entry.index}: {entry.reason}")
 
 
 RULES_OPTION = click.option(

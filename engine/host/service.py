@@ -243,13 +243,6 @@ class Revision(BaseModel):
     last: int
 
 
-class UnmappedEntry(BaseModel):
-    index: int
-    resource_type: str | None
-    resource_id: str | None
-    reason: str
-
-
 class InputProblemOut(BaseModel):
     """schemas/evaluation.schema.json#/$defs/input_problem."""
 
@@ -274,12 +267,9 @@ class FactsStored(BaseModel):
         default_factory=list,
         description="What the engine will not use of these facts, or use with a remark. The "
         "facts are stored all the same (a later version may correct them), except items that "
-        "are not facts at all.",
+        "are not facts at all; for a FHIR Bundle, also the entries that did not map.",
     )
     revision: Revision
-    unmapped: list[UnmappedEntry] = Field(
-        default_factory=list, description="FHIR entries that did not become facts, and why."
-    )
 
 
 class StoredFacts(BaseModel):
@@ -625,11 +615,12 @@ SERVICES = (PATIENT_VIEW, ORDER_SELECT, ORDER_SIGN)
 
 def _prefetch_facts(
     prefetch: Mapping[str, Any] | None, patient: str
-) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Facts from the prefetched resources (one Bundle of all of them)."""
+) -> tuple[list[dict[str, Any]], list[InputProblem]]:
+    """Facts from the prefetched resources (one Bundle of all of them), and the input
+    problems of the entries that did not map."""
     if not prefetch:
         return [], []
-    from engine.host.fhir import bundle_to_facts, is_fhir_bundle
+    from engine.host.fhir import is_fhir_bundle, read_bundle
 
     entries: list[Any] = []
     for value in prefetch.values():
@@ -648,33 +639,17 @@ def _prefetch_facts(
     if not entries:
         return [], []
     try:
-        facts, unmapped = bundle_to_facts(
-            {"resourceType": "Bundle", "type": "collection", "entry": entries}
-        )
+        mapped = read_bundle({"resourceType": "Bundle", "type": "collection", "entry": entries})
     except FactError as exc:
         raise ApiError(422, f"prefetch: {exc}") from exc
+    facts = [dict(f) for f in mapped.facts]
     for fact in facts:
         fact.setdefault("patient", patient)
-    return facts, list(unmapped)
+    return facts, list(mapped.problems)
 
 
 def _dict(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
-
-
-def _unmapped(items: Sequence[Any]) -> list[UnmappedEntry]:
-    out = []
-    for item in items:
-        data = item.as_dict() if hasattr(item, "as_dict") else {"reason": str(item)}
-        out.append(
-            UnmappedEntry(
-                index=int(data.get("index", -1)),
-                resource_type=data.get("resource_type"),
-                resource_id=data.get("resource_id"),
-                reason=str(data.get("reason")),
-            )
-        )
-    return out
 
 
 def _media_type(request: Request) -> str | None:
@@ -682,9 +657,9 @@ def _media_type(request: Request) -> str | None:
     return value.split(";")[0].strip().lower() if value else None
 
 
-async def _read_fact_body(request: Request) -> tuple[list[object], list[Any]]:
+async def _read_fact_body(request: Request) -> tuple[list[object], list[InputProblem]]:
     """The raw facts of a request body (JSON array, one object, NDJSON or a FHIR Bundle),
-    and the FHIR entries that did not map."""
+    and the input problems of the FHIR entries that did not map."""
     media = _media_type(request)
     if media is not None and media not in FACT_MEDIA_TYPES:
         raise ApiError(
@@ -710,17 +685,17 @@ async def _read_fact_body(request: Request) -> tuple[list[object], list[Any]]:
         except FactError as exc:
             raise ApiError(400, f"malformed body: {exc}") from exc
     if len(items) == 1 and isinstance(items[0], Mapping) and "resourceType" in items[0]:
-        from engine.host.fhir import bundle_to_facts, is_fhir_bundle
+        from engine.host.fhir import is_fhir_bundle, read_bundle
 
         if not is_fhir_bundle(items[0]):
             raise ApiError(
                 422, f"a FHIR {items[0]['resourceType']!r} resource: send a Bundle of resources"
             )
         try:
-            facts, unmapped = bundle_to_facts(items[0])
+            mapped = read_bundle(items[0])
         except FactError as exc:
             raise ApiError(422, f"FHIR Bundle: {exc}") from exc
-        return list(facts), list(unmapped)
+        return list(mapped.facts), list(mapped.problems)
     return items, []
 
 
@@ -1060,12 +1035,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
                 "no stored facts for this patient and no usable prefetch: "
                 "this service does not query the FHIR server itself",
             )
-        rendered = maker.patient_cards(evaluation, service=PATIENT_VIEW, patient=patient)
-        rendered.extend(
-            maker.unused_data_cards(
-                evaluation, _unmapped(unmapped), service=PATIENT_VIEW, patient=patient
-            )
-        )
+        evaluation = engine.with_problems(evaluation, unmapped)
+        rendered = maker.unused_data_cards(evaluation, service=PATIENT_VIEW, patient=patient)
+        rendered.extend(maker.patient_cards(evaluation, service=PATIENT_VIEW, patient=patient))
         return response(rendered)
 
     def order_hook(
@@ -1098,12 +1070,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
                 "no stored facts for this patient and no usable prefetch: earlier doses "
                 "are unknown, so the order cannot be checked",
             )
-        rendered = maker.order_cards(evaluation, orders, service=service, patient=patient)
-        rendered.extend(
-            maker.unused_data_cards(
-                evaluation, _unmapped(unmapped), service=service, patient=patient
-            )
-        )
+        evaluation = engine.with_problems(evaluation, unmapped)
+        rendered = maker.unused_data_cards(evaluation, service=service, patient=patient)
+        rendered.extend(maker.order_cards(evaluation, orders, service=service, patient=patient))
         return response(rendered)
 
     @app.post(
@@ -1238,6 +1207,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         earlier one in evaluations (a correction; `status: entered-in-error` retracts)."""
         raws, unmapped = await _read_fact_body(request)
         result, problems = await _in_thread(_store_facts, store, raws, patient_id)
+        problems = [*unmapped, *problems]
         return FactsStored(
             patient=patient_id,
             received=len(raws),
@@ -1246,7 +1216,6 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
             versions=list(result.versions),
             input_problems=_problems_out(problems),
             revision=Revision(count=result.revision.count, last=result.revision.last),
-            unmapped=_unmapped(unmapped),
         )
 
     @app.get(

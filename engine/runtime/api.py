@@ -162,6 +162,24 @@ class Engine:
             "trace": list(session.trace),
         }
 
+    def with_problems(
+        self, evaluation: dict[str, Any], problems: Sequence[InputProblem]
+    ) -> dict[str, Any]:
+        """The evaluation with more input problems a host found (e.g. FHIR entries of a
+        hook's prefetch that did not map): listed, counted in the status, and degrading what
+        they touch, as if the engine had found them itself."""
+        if not problems:
+            return evaluation
+        out = dict(evaluation)
+        known = {(p["fact"], p["code"], p["field"], p["message"]) for p in out["input_problems"]}
+        added = [p for p in problems if (p.fact, p.code, p.field, p.message) not in known]
+        out["input_problems"] = [*out["input_problems"], *(p.as_dict() for p in added)]
+        if any(p.is_error for p in problems):
+            out["status"] = "incomplete"
+        out["findings"] = json.loads(json.dumps(out["findings"]))
+        degrade(out["findings"], list(problems), self.impact, self.ruleset)
+        return out
+
 
 def _unique(problems: Iterable[InputProblem]) -> list[InputProblem]:
     seen: set[tuple[str, str, str | None, str]] = set()
