@@ -418,7 +418,8 @@ def test_facts_may_come_as_ndjson_or_as_a_fhir_bundle(api: Api) -> None:
     r = api.post("/patients/fa-4/facts", json=draft(observation, unknown))
     assert r.status_code == 200, r.text
     assert r.json()["added"] == ["Observation/bp-9"]
-    assert r.json()["unmapped"][0]["resource_type"] == "Encounter"
+    (problem,) = r.json()["input_problems"]
+    assert problem["fact"] == "Encounter/e1" and problem["severity"] == "error"
 
 
 def test_a_fact_for_another_patient_is_not_stored_and_said_so(api: Api) -> None:
