@@ -91,6 +91,8 @@ def trace_lines(trace: Iterable[Mapping[str, Any]]) -> list[str]:
             lines.append(line)
         elif event == "combined":
             lines.append(f"{head} {t['finding']} = {_fields(t['value'])}  [{t['rule']}]")
+        elif event == "computed":
+            lines.append(f"{head} {t['finding']} = {_fields(t['value'])}  [aggregate]")
         elif event == "superseded":
             lines.append(f"{head} fact {t['fact']} replaced by {t['by']}")
         elif event == "rejected":

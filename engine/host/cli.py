@@ -129,18 +129,26 @@ def validate(rules_dir: str | None, policy: tuple[str, ...], fmt: str) -> None:
         "version": rs.version,
         "digest": rs.digest,
         "files": len(rs.files),
-        "rules": len(rs.rules),
+        "rules": rs.authored_rules,
+        "named_conditions": len(rs.concepts),
+        "decision_tables": len(rs.tables),
+        "aggregates": len(rs.aggregates),
         "skipped": len(rs.skipped),
         "compiled_rules": len(engine.compiled.rules),
         "parameters": len(rs.parameters),
+        "warnings": [w.as_dict() for w in rs.warnings],
     }
     if fmt == "json":
         click.echo(to_json(summary))
     else:
+        for warning in rs.warnings:
+            click.echo(f"warning: {warning}")
         click.echo(
-            f"ok: {rs.name} {rs.version}: {len(rs.files)} files, {len(rs.rules)} rules "
-            f"({len(rs.skipped)} skipped), {len(engine.compiled.rules)} compiled, "
-            f"{len(rs.parameters)} policy parameters, sha256 {rs.digest[:12]}"
+            f"ok: {rs.name} {rs.version}: {len(rs.files)} files, {rs.authored_rules} rules "
+            f"({len(rs.tables)} decision tables; {len(rs.skipped)} skipped), "
+            f"{len(rs.concepts)} named conditions, {len(rs.aggregates)} aggregates, "
+            f"{len(engine.compiled.rules)} compiled, {len(rs.parameters)} policy parameters, "
+            f"sha256 {rs.digest[:12]}"
         )
 
 

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from engine.errors import Problem
+
 Scalar = str | int | float | bool
 
 # A value a comparison is made against: a literal, or a field of a fact bound earlier
@@ -85,6 +87,11 @@ class Rule:
     file: str
     line: int
     uses_clock: tuple[bool, ...] = ()  # per branch: does it refer to `now`
+    # a rule the language writes for a construct: the named condition it defines, or the
+    # decision table (and its row, from 1) it is a row of
+    concept: str | None = None
+    table: str | None = None
+    row: int | None = None
 
     @property
     def location(self) -> str:
@@ -138,6 +145,73 @@ class FindingDecl:
     line: int
     collect: Mapping[str, Collect] = field(default_factory=dict)  # output field -> how
     fail_safe: FailSafe | None = None
+    origin: Literal["rules", "concept", "aggregate"] = "rules"  # who concludes it
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A named condition: one concept written once, used by name (`{concept: NAME}`) in any
+    rule. It compiles to the rule `concept.NAME`, which concludes the finding NAME."""
+
+    name: str
+    version: int
+    title: str
+    sources: tuple[str, ...]
+    evidence: str
+    explanation: str
+    uses: tuple[str, ...]  # the named conditions its definition uses
+    file: str
+    line: int
+
+    @property
+    def rule_id(self) -> str:
+        return f"concept.{self.name}"
+
+
+AggregateKind = Literal["count", "exists", "sum", "min", "max", "latest", "previous"]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """count, exists, sum, min, max, latest or previous of a field over the facts (or
+    findings) matching `of`, in a window before (or not after) an anchor: each fact matching
+    `anchor`, or the clock when there is none. The engine computes it and keeps it true as an
+    instance of the finding of the same name (fields anchor, anchor_t, count, value, member,
+    member_t)."""
+
+    name: str
+    description: str
+    of: Pattern  # constant tests only
+    compute: AggregateKind
+    field: str | None
+    anchor: Pattern | None  # None: relative to `now`
+    inclusive: bool  # not_after (True) or before (False) the anchor
+    within: float | None  # seconds, or no lower bound
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class TableRow:
+    number: int  # from 1
+    tests: Mapping[str, tuple[Test, ...]]  # input name -> tests (empty: any)
+    outputs: Mapping[str, Scalar]
+    line: int
+
+
+@dataclass(frozen=True)
+class Table:
+    """A decision table: rows of tests on named inputs to outputs, with a hit policy. Each
+    row compiles to one rule (`ID.rowN`); the table counts as one rule."""
+
+    id: str
+    version: int
+    title: str
+    hit: Literal["unique", "first", "collect"]
+    inputs: Mapping[str, str]  # name -> alias.field
+    rows: tuple[TableRow, ...]
+    file: str
+    line: int
 
 
 @dataclass(frozen=True)
@@ -170,6 +244,18 @@ class RuleSet:
     overrides: Mapping[str, Scalar] = field(default_factory=dict)
     # the rule files as read (name -> text): what the digest is over, for the audit log
     sources: Mapping[str, str] = field(default_factory=dict)
+    concepts: Mapping[str, Concept] = field(default_factory=dict)
+    aggregates: Mapping[str, Aggregate] = field(default_factory=dict)
+    tables: Mapping[str, Table] = field(default_factory=dict)
+    warnings: tuple[Problem, ...] = ()  # things worth a look that are not errors
+
+    @property
+    def authored_rules(self) -> int:
+        """The rules an author wrote: each rule once, a decision table once (not its rows),
+        named conditions not counted (they are reported under their own name)."""
+        return sum(1 for r in self.rules if r.concept is None and r.table is None) + len(
+            self.tables
+        )
 
     def policy(self) -> dict[str, Scalar]:
         """The policy parameter values in force (defaults with overrides applied)."""

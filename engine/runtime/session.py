@@ -42,7 +42,9 @@ from engine.language.compile import (
     CompiledRuleset,
 )
 from engine.language.ruleset import Collect, Conclusion, Rule
+from engine.language.texts import render
 from engine.runtime._matcher import Matcher, matcher
+from engine.runtime.aggregates import Aggregates
 from engine.runtime.facts import (
     Fact,
     Normalised,
@@ -66,10 +68,11 @@ class _Live:
 
     did: str
     content: dict[str, Any]
-    origin: str  # "input", "derived", "aggregate", "clock"
+    origin: str  # "input", "derived", "aggregate" (a combined finding), "computed", "clock"
     fact_id: str | None = None  # input: our fact id
     firing: FiringKey | None = None  # derived: the firing that concluded it
     candidate: tuple[FiringKey, int] | None = None  # aggregate: the winning candidate
+    rests: tuple[str, ...] = ()  # computed (an aggregate's value): the facts it rests on
 
 
 @dataclass
@@ -148,6 +151,8 @@ class Session:
         self._candidates: dict[str, dict[tuple[FiringKey, int], _Candidate]] = {}
         self._aggregates: dict[str, tuple[tuple[FiringKey, int], str]] = {}
         self._dirty: set[str] = set()
+        self._aggs = Aggregates(compiled.ruleset.aggregates, compiled.tolerance)
+        self._agg_live: dict[tuple[str, str], str] = {}  # (aggregate, anchor) -> did
         self._recs: dict[tuple[FiringKey, int], _Recommendation] = {}
         self._because: dict[FiringKey, frozenset[str]] = {}
         self._queue: deque[tuple[str, dict[str, Any]]] = deque()
@@ -322,6 +327,8 @@ class Session:
         from it is withdrawn; for a state fact, the newest remaining one of its kind is
         current again."""
         fact = self._facts.pop(fact_id)
+        if self._aggs:
+            self._aggs.removed(fact_id, fact.t)
         self._event({"event": cause["kind"], "fact": fact_id, "by": cause["by"]})
         reason = (
             f"{fact_id} corrected by {cause['by']}"
@@ -354,6 +361,9 @@ class Session:
     def _insert(self, fact: Fact) -> None:
         if self.patient is None and fact.patient is not None:
             self.patient = fact.patient
+        if self._aggs:
+            content = {**fact.data, "t": fact.t, "time": fact.time, "id": fact.id}
+            self._aggs.added("fact", fact.type, fact.id, fact.t, content)
         if not self._fixed_clock and (self._clock is None or fact.t > self._clock):
             self._set_clock(fact.t)
         views = self.compiled.views.get(fact.type, frozenset())
@@ -420,6 +430,8 @@ class Session:
 
     def _set_clock(self, t: float) -> None:
         self._clock = t
+        if self._aggs:
+            self._aggs.clock(t)
         if not self.compiled.uses_clock:
             return
         if self._clock_did is not None:
@@ -438,12 +450,18 @@ class Session:
         stored = self._m.assert_fact(self._rs, self._sid, live.did, live.content)
         live.did = stored
         self._live[stored] = live
+        if self._aggs and FINDING_FIELD in live.content:
+            content = live.content
+            self._aggs.added("finding", content[FINDING_FIELD], stored, content["t"], content)
         return stored
 
     def _retract(self, did: str, reason: str | None = None) -> None:
         """Retract a fact and, recursively, everything concluded from it."""
-        if self._live.pop(did, None) is None:
+        live = self._live.pop(did, None)
+        if live is None:
             return
+        if self._aggs and FINDING_FIELD in live.content:
+            self._aggs.removed(did, live.content["t"])
         self._m.retract_fact(self._rs, self._sid, did)
         why = reason or f"{self._display_id(did)} is gone"
         for key in sorted(self._supports.pop(did, ())):
@@ -460,7 +478,7 @@ class Session:
 
     def _drain(self) -> None:
         budget = MAX_FIRINGS_PER_STEP
-        while self._queue or self._dirty:
+        while self._queue or self._dirty or (self._aggs and self._aggs.pending()):
             budget -= 1
             if budget < 0:
                 raise EvaluationError(
@@ -470,10 +488,46 @@ class Session:
             if self._queue:
                 name, matched = self._queue.popleft()
                 self._fire(name, matched)
-            else:
+            elif self._dirty:
                 finding = min(self._dirty)
                 self._dirty.discard(finding)
                 self._recombine(finding)
+            else:
+                for name, anchor, fields, rests in self._aggs.recompute():
+                    self._aggregate(name, anchor, fields, rests)
+
+    def _aggregate(
+        self, name: str, anchor: str, fields: dict[str, Any] | None, rests: tuple[str, ...]
+    ) -> None:
+        """Keep the instance of aggregate `name` for `anchor` equal to its value now."""
+        current = self._agg_live.get((name, anchor))
+        content: dict[str, Any] | None = None
+        if fields is not None:
+            times = [float(self._time_of(i)) for i in rests]
+            t = max(times) if times else 0.0
+            content = {**fields, "type": FINDING_TYPE, FINDING_FIELD: name, "t": t, "time": iso(t)}
+        if current is not None:
+            live = self._live.get(current)
+            if live is not None and content is not None:
+                same = {k: v for k, v in live.content.items() if k != ID_FIELD} == content
+                if same:
+                    live.rests = rests
+                    return
+            del self._agg_live[(name, anchor)]
+            self._retract(current, f"the aggregate {name} changed")
+        if content is None:
+            return
+        did = "g-" + hashlib.sha256(_canonical([name, anchor, content]).encode()).hexdigest()[:16]
+        content[ID_FIELD] = did
+        self._agg_live[(name, anchor)] = self._assert(_Live(did, content, "computed", rests=rests))
+        self._event({"event": "computed", "finding": name, "value": _details(fields or {})})
+
+    def _time_of(self, ident: str) -> float:
+        live = self._live.get(ident)
+        if live is not None:
+            return float(live.content.get("t", 0.0))
+        fact = self._facts.get(ident)
+        return fact.t if fact is not None else 0.0
 
     def _fire(self, name: str, matched: dict[str, Any]) -> None:
         branch = self.compiled.table.get(name)
@@ -795,6 +849,11 @@ class Session:
             return self.because(live.firing)
         if live.origin == "aggregate" and live.candidate is not None:
             return self.because(live.candidate[0])
+        if live.origin == "computed":
+            out: set[str] = set()
+            for ident in live.rests:
+                out |= self._because_of_fact(ident) if ident in self._live else {ident}
+            return frozenset(out)
         return frozenset()
 
     # -- results -----------------------------------------------------------------------------
@@ -806,7 +865,8 @@ class Session:
                 items = [
                     self._finding_value(live)
                     for live in self._live.values()
-                    if live.origin == "derived" and live.content.get(FINDING_FIELD) == name
+                    if live.origin in ("derived", "computed")
+                    and live.content.get(FINDING_FIELD) == name
                 ]
                 if items:
                     out[name] = sorted(items, key=lambda v: (v["since"], v["id"]))
@@ -822,19 +882,24 @@ class Session:
         return out
 
     def _finding_value(self, live: _Live) -> dict[str, Any]:
-        key = live.firing if live.firing is not None else live.candidate[0]  # type: ignore[index]
-        rule = self._firings[key].branch.rule
         fields = {
             k: v
             for k, v in live.content.items()
             if k not in ("type", FINDING_FIELD, ID_FIELD, "t", "time")
         }
+        if live.origin == "computed":
+            rule_id = f"aggregate.{live.content[FINDING_FIELD]}"
+            because = self._because_of_fact(live.did)
+        else:
+            key = live.firing if live.firing is not None else live.candidate[0]  # type: ignore[index]
+            rule_id = self._firings[key].branch.rule.id
+            because = self.because(key)
         return {
             **fields,
             "id": live.did,
-            "rule": rule.id,
+            "rule": rule_id,
             "since": live.content["time"],
-            "because": sorted(self.because(key)),
+            "because": sorted(because),
         }
 
     def recommendations(self) -> list[dict[str, Any]]:
@@ -851,7 +916,7 @@ class Session:
                 grouped[gkey] = {
                     "code": rec.conclusion.name,
                     "severity": rec.conclusion.severity,
-                    "text": rec.conclusion.text,
+                    "text": render(rec.conclusion.text or "", details, self._policy),
                     "rule": rule.id,
                     "rule_version": rule.version,
                     "sources": list(rule.sources),
