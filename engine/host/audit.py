@@ -39,8 +39,9 @@ from engine.errors import CartCdsError
 from engine.explain.report import findings_lines, recommendation_lines, trace_lines
 from engine.host.store import SqlStore, StoreError, open_store
 from engine.language.ruleset import RuleSet, Scalar
-from engine.language.validate import digest_of_sources
+from engine.language.validate import RULE_SUFFIXES, digest_of_sources
 from engine.runtime.api import Engine, load_rules
+from engine.runtime.jsontext import dumps
 
 __all__ = [
     "DEFAULT_STORE",
@@ -85,10 +86,9 @@ class DecisionNotFound(AuditError):
 
 
 def canonical(value: object) -> str:
-    """Canonical JSON: sorted keys, no spaces, UTF-8 text kept, no NaN or infinity."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    """Canonical JSON: sorted keys, no spaces, UTF-8 text kept; a lone surrogate written
+    as its escape, an infinite number as 1e999 (engine.runtime.jsontext)."""
+    return dumps(value, canonical=True)
 
 
 def record_hash(prev_hash: str, content: str) -> str:
@@ -550,7 +550,7 @@ class DecisionLog:
             base = Path(tmp) / directory  # the same name: the trace's file:line stay equal
             base.mkdir()
             for name, text in files.items():
-                if PurePosixPath(name).name != name or not name.endswith(".yaml"):
+                if PurePosixPath(name).name != name or not name.endswith(RULE_SUFFIXES):
                     raise AuditError(f"rule set {digest[:12]}: bad file name {name!r}")
                 (base / name).write_bytes(text.encode("utf-8"))
             engine = load_rules(base, policy=overrides, include_drafts=drafts)

@@ -6,6 +6,7 @@ or unreadable input.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ from engine.errors import FactError, RuleSetError
 from engine.explain.report import evaluation_text, timeline_text, to_json
 from engine.language.ruleset import Scalar
 from engine.runtime.api import Engine, load_rules
-from engine.runtime.reading import load_facts_text
+from engine.runtime.jsontext import printable
+from engine.runtime.reading import read_facts_file, read_facts_stream
 
 
 def _parse_policy(values: tuple[str, ...]) -> dict[str, Scalar]:
@@ -53,26 +55,21 @@ def _rule_problems(exc: RuleSetError) -> NoReturn:
 
 
 def _read_facts(path: str) -> list[object]:
+    """The raw facts of FACTS (a file, or - for standard input): a JSON array, NDJSON or
+    a FHIR R4 Bundle. A body that cannot be read as facts at all exits 2 with one line
+    (docs/limits.md)."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise click.FileError(path, hint=exc.strerror or str(exc)) from exc
-    try:
-        if text.removeprefix("\ufeff").lstrip().startswith("{"):
-            from engine.host.fhir import bundle_to_facts, is_fhir_bundle
+        items = read_facts_stream(sys.stdin.buffer) if path == "-" else read_facts_file(path)
+        if len(items) == 1 and isinstance(items[0], dict) and "resourceType" in items[0]:
+            from engine.host.fhir import bundle_to_facts
 
-            try:
-                doc = json.loads(text.removeprefix("\ufeff"))
-            except json.JSONDecodeError:
-                doc = None  # NDJSON or bad JSON: load_facts_text names the line
-            if is_fhir_bundle(doc):
-                facts, unmapped = bundle_to_facts(doc)
-                for entry in unmapped:  # "bundle entry #<index> (<type>/<id>): <reason>"
-                    click.echo(str(entry), err=True)
-                return [*facts]
-        return load_facts_text(text)
+            facts, unmapped = bundle_to_facts(items[0])
+            for entry in unmapped:  # "bundle entry #<index> (<type>/<id>): <reason>"
+                click.echo(printable(str(entry)), err=True)
+            return [*facts]
+        return items
     except FactError as exc:
-        click.echo(f"{path}: {exc}", err=True)
+        click.echo(printable(f"{path}: {exc}").replace("\n", " "), err=True)
         raise SystemExit(2) from exc
 
 
@@ -230,6 +227,14 @@ def scenario_run(
 @click.option("--insecure-dev", is_flag=True, help="No authentication: development only.")
 @click.option("--cache-size", default=128, type=click.IntRange(0), show_default=True)
 @click.option("--live-sessions", default=16, type=click.IntRange(0), show_default=True)
+@click.option(
+    "--max-token-lifetime",
+    default=300,
+    type=click.IntRange(1),
+    show_default=True,
+    metavar="SECONDS",
+    help="Refuse a client JWT whose exp - iat is longer (CDS Hooks: 5 minutes).",
+)
 def serve(
     host: str,
     port: int,
@@ -242,6 +247,7 @@ def serve(
     insecure_dev: bool,
     cache_size: int,
     live_sessions: int,
+    max_token_lifetime: int,
 ) -> None:
     """Run the CDS Hooks services and the JSON API over a patient fact store (docs/service.md)."""
     from engine.host.service import run_cli
@@ -250,7 +256,7 @@ def serve(
     raise SystemExit(
         run_cli(engine, store, host=host, port=port, jwks=jwks, issuers=issuers,
                 base_url=base_url, insecure_dev=insecure_dev, cache_size=cache_size,
-                live_sessions=live_sessions)
+                live_sessions=live_sessions, max_token_lifetime=max_token_lifetime)
     )  # fmt: skip
 
 
@@ -358,7 +364,8 @@ def explain_command(
             if not steps:
                 raise click.UsageError(f"{facts or decision}: no facts to report")
             try:
-                Path(html_out).write_text(render_html(steps, raw, engine), encoding="utf-8")
+                html = printable(render_html(steps, raw, engine))
+                Path(html_out).write_text(html, encoding="utf-8")
             except OSError as exc:
                 raise click.FileError(html_out, hint=exc.strerror or str(exc)) from exc
             click.echo(f"wrote {html_out}", err=True)
@@ -543,6 +550,9 @@ def audit_list(store: str | None, patient: str | None, fmt: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit code instead of exiting (for tests and embedding)."""
+    for stream in (sys.stdout, sys.stderr):  # a lone surrogate in the input never crashes
+        if isinstance(stream, io.TextIOWrapper):  # the output: written as its escape
+            stream.reconfigure(errors="backslashreplace")
     try:
         cli.main(args=argv, prog_name="cart-cds", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -53,7 +53,7 @@ from engine.errors import EvaluationError, FactError
 from engine.explain.cards import Card, CardMaker, Coding, OrderError, Rendered, SuggestionAction
 from engine.explain.cards import draft_orders as parse_draft_orders
 from engine.host.audit import AuditError, DecisionLog
-from engine.host.auth import AuthError, Client, KeySet, Verifier
+from engine.host.auth import MAX_LIFETIME_S, AuthError, Client, KeySet, Verifier
 from engine.host.store import (
     AppendResult,
     ConflictError,
@@ -65,7 +65,8 @@ from engine.host.store import (
 )
 from engine.runtime.api import Engine
 from engine.runtime.facts import Fact, normalise, parse_time
-from engine.runtime.reading import load_facts_text
+from engine.runtime.jsontext import dumps
+from engine.runtime.reading import DEFAULT_LIMITS, REFUSALS, BodyRefused, Limits, load_facts_bytes
 from engine.runtime.session import Session
 
 __all__ = ["SERVICES", "Settings", "create_app", "serve"]
@@ -73,7 +74,7 @@ __all__ = ["SERVICES", "Settings", "create_app", "serve"]
 log = logging.getLogger("cart_cds.service")
 access_log = logging.getLogger("cart_cds.http")
 
-BODY_LIMIT = 5 * 1024 * 1024
+BODY_LIMIT = DEFAULT_LIMITS.max_bytes
 PATIENT_VIEW = "cart-t-patient-view"
 ORDER_SELECT = "cart-t-order-select"
 ORDER_SIGN = "cart-t-order-sign"
@@ -104,7 +105,9 @@ class Settings:
     jwks: str | None = None
     issuers: tuple[str, ...] = ()
     insecure_dev: bool = False
-    body_limit: int = BODY_LIMIT
+    body_limit: int = BODY_LIMIT  # every request body (413 over it)
+    limits: Limits = DEFAULT_LIMITS  # a facts body (docs/limits.md)
+    max_token_lifetime: float = MAX_LIFETIME_S  # a client JWT's exp - iat, in seconds
     cache_size: int = 128  # evaluations kept (0: none)
     live_sessions: int = 16  # patients with a live matcher session (0: rebuild every time)
     max_sessions: int = 4  # evaluations (durable-rules sessions) at once
@@ -128,6 +131,9 @@ class Problem(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str = Field(description="What is wrong, in one sentence.")
+    code: str | None = Field(
+        default=None, description="A stable code for a refused body (docs/limits.md)."
+    )
     problems: list[Problem] = Field(default_factory=list)
 
 
@@ -339,12 +345,19 @@ class ApiError(Exception):
         detail: str,
         problems: Sequence[Problem] = (),
         headers: Mapping[str, str] | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.problems = list(problems)
         self.headers = dict(headers or {})
+        self.code = code
+
+    @classmethod
+    def refused(cls, exc: BodyRefused, what: str = "") -> "ApiError":
+        """A facts body refused as a whole, with its code and status (docs/limits.md)."""
+        return cls(REFUSALS[exc.code], f"{what}{exc.message}", code=exc.code)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -666,33 +679,22 @@ def _media_type(request: Request) -> str | None:
     return value.split(";")[0].strip().lower() if value else None
 
 
-async def _read_fact_body(request: Request) -> tuple[list[object], list[Any]]:
+async def _read_fact_body(request: Request, limits: Limits) -> tuple[list[object], list[Any]]:
     """The raw facts of a request body (JSON array, one object, NDJSON or a FHIR Bundle),
-    and the FHIR entries that did not map."""
+    and the FHIR entries that did not map. A body refused as a whole answers with the
+    status of its refusal (docs/limits.md)."""
     media = _media_type(request)
     if media is not None and media not in FACT_MEDIA_TYPES:
         raise ApiError(
             415,
             f"unsupported content type {media!r}: send {', '.join(FACT_MEDIA_TYPES[:3])}",
+            code="MEDIA_TYPE",
         )
     body = await request.body()
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
-    if not text.strip():
-        raise ApiError(400, "empty body: send a JSON array of facts, NDJSON or a FHIR Bundle")
-    items: list[object] | None = None
-    if text.lstrip().removeprefix("\ufeff").startswith("{"):
-        try:  # one JSON object (a fact or a Bundle), however it is laid out
-            items = load_facts_text("[" + text.removeprefix("\ufeff") + "]")
-        except FactError:
-            items = None  # NDJSON, or bad JSON: the NDJSON reader names the line
-    if items is None:
-        try:
-            items = load_facts_text(text)
-        except FactError as exc:
-            raise ApiError(400, f"malformed body: {exc}") from exc
+        items = load_facts_bytes(body, limits)
+    except BodyRefused as exc:
+        raise ApiError.refused(exc) from exc
     if len(items) == 1 and isinstance(items[0], Mapping) and "resourceType" in items[0]:
         from engine.host.fhir import bundle_to_facts, is_fhir_bundle
 
@@ -752,8 +754,18 @@ def _accept(raws: Sequence[object], patient: str) -> list[Fact]:
     return [fact for _, fact, _ in accepted.values()]
 
 
-def _store_facts(store: FactStore, raws: Sequence[object], patient: str) -> AppendResult:
+def _store_facts(
+    store: FactStore, raws: Sequence[object], patient: str, limits: Limits = DEFAULT_LIMITS
+) -> AppendResult:
     accepted = _accept(raws, patient)
+    have = store.revision(patient).count
+    if have + len(accepted) > limits.max_facts:
+        raise ApiError(
+            413,
+            f"the patient has {have} stored facts; {len(accepted)} more would be over the "
+            f"limit of {limits.max_facts} facts per patient",
+            code="TOO_MANY_FACTS",
+        )
     try:
         return store.append(patient, [StoredFact.of(f) for f in accepted])
     except ConflictError as exc:
@@ -929,7 +941,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
                 "authentication needs a JWK Set (--jwks) and at least one issuer (--issuer); "
                 "--insecure-dev runs without authentication, for development only"
             )
-        verifier = Verifier(KeySet(settings.jwks), settings.issuers)
+        verifier = Verifier(
+            KeySet(settings.jwks), settings.issuers, max_lifetime=settings.max_token_lifetime
+        )
     issued: set[str] = set()
     issued_lock = threading.Lock()
 
@@ -956,6 +970,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
             "runs in insecure development mode."
         ),
         lifespan=lifespan,
+        default_response_class=SafeJSONResponse,
     )
     bearer = HTTPBearer(auto_error=False, bearerFormat="JWT", description="Client JWT")
 
@@ -978,8 +993,8 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        body = ErrorBody(detail=exc.detail, problems=exc.problems)
-        return JSONResponse(body.model_dump(exclude_none=True), exc.status, headers=exc.headers)
+        body = ErrorBody(detail=exc.detail, code=exc.code, problems=exc.problems)
+        return SafeJSONResponse(body.model_dump(exclude_none=True), exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -989,26 +1004,26 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
             if error.get("type") == "json_invalid":
                 reason = (error.get("ctx") or {}).get("error", "invalid JSON")
                 detail = f"malformed JSON: {reason} (at character {error['loc'][-1]})"
-                return JSONResponse({"detail": detail, "problems": []}, 400)
+                return SafeJSONResponse({"detail": detail, "problems": []}, 400)
             problems.append(Problem(location=where, reason=str(error.get("msg"))))
         detail = "; ".join(f"{p.location}: {p.reason}" for p in problems[:3])
         body = ErrorBody(detail=f"invalid request: {detail}", problems=problems)
-        return JSONResponse(body.model_dump(exclude_none=True), 422)
+        return SafeJSONResponse(body.model_dump(exclude_none=True), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else "error"
-        return JSONResponse({"detail": detail, "problems": []}, exc.status_code, exc.headers)
+        return SafeJSONResponse({"detail": detail, "problems": []}, exc.status_code, exc.headers)
 
     @app.exception_handler(StoreError)
     async def store_error(_request: Request, exc: StoreError) -> JSONResponse:
         _log_failure("store unavailable")
-        return JSONResponse({"detail": "the fact store is unavailable", "problems": []}, 503)
+        return SafeJSONResponse({"detail": "the fact store is unavailable", "problems": []}, 503)
 
     @app.exception_handler(EvaluationError)
     async def evaluation_error(_request: Request, exc: EvaluationError) -> JSONResponse:
         _log_failure(f"evaluation failed in rule {exc.rule!r} ({exc.location})")
-        return JSONResponse({"detail": f"evaluation failed: {exc}", "problems": []}, 500)
+        return SafeJSONResponse({"detail": f"evaluation failed: {exc}", "problems": []}, 500)
 
     # -- CDS Hooks ----------------------------------------------------------------------------
 
@@ -1229,8 +1244,8 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         """Store facts for a patient; answered after the commit. All or nothing: if any
         fact is refused, 422 lists each with its reason and nothing is stored. Sending a
         fact id again with the same content is a no-op."""
-        raws, unmapped = await _read_fact_body(request)
-        result = await _in_thread(_store_facts, store, raws, patient_id)
+        raws, unmapped = await _read_fact_body(request, settings.limits)
+        result = await _in_thread(_store_facts, store, raws, patient_id, settings.limits)
         return FactsStored(
             patient=patient_id,
             received=len(raws),
@@ -1334,7 +1349,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         """Evaluate one patient's facts without storing them. Refused (422) if any fact is.
         With `record=true`, the facts and the evaluation go to the decision log."""
         when = check_as_of(as_of)
-        raws, _unused = await _read_fact_body(request)
+        raws, _unused = await _read_fact_body(request, settings.limits)
         evaluation = await _in_thread(evaluator.run, raws, as_of=when, patient=None)
         if evaluation["rejected"]:
             problems = [
@@ -1375,10 +1390,15 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
 
 
 def _json(value: object) -> Response:
-    return Response(
-        json.dumps(value, ensure_ascii=False, separators=(",", ":")),
-        media_type="application/json",
-    )
+    return Response(dumps(value), media_type="application/json")
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON whatever a string or number holds: a lone surrogate as its escape, a number
+    too big for a float as 1e999 (engine.runtime.jsontext). Every response uses it."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content).encode("utf-8")
 
 
 async def _in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -1470,6 +1490,7 @@ def run_cli(
     insecure_dev: bool,
     cache_size: int,
     live_sessions: int = 16,
+    max_token_lifetime: float = MAX_LIFETIME_S,
 ) -> int:
     """`cart-cds serve`: returns the exit code (2: bad options, store or keys)."""
     import click
@@ -1497,6 +1518,7 @@ def run_cli(
         insecure_dev=insecure_dev,
         cache_size=cache_size,
         live_sessions=live_sessions,
+        max_token_lifetime=max_token_lifetime,
     )
     try:
         store = open_store(store_target)

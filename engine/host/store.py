@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from engine.errors import CartCdsError
 from engine.explain.cards import IssuedCard
 from engine.runtime.facts import Fact
+from engine.runtime.jsontext import dumps
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -74,9 +75,9 @@ class ConflictError(StoreError):
 
 
 def _canonical(value: object) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    """Canonical JSON (engine.runtime.jsontext: a lone surrogate or an infinite number in a
+    fact never stops it from being stored)."""
+    return dumps(value, canonical=True)
 
 
 @dataclass(frozen=True)
