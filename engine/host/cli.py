@@ -155,8 +155,8 @@ def evaluate(
     """Evaluate one patient's FACTS (a JSON array or NDJSON file, or - for stdin)."""
     if timeline and as_of is not None:
         raise click.UsageError("--timeline evaluates at every fact time; drop --as-of")
+    raw = _read_facts(facts)  # a body refused as a whole: before the rules are loaded
     engine = _load(rules, policy)
-    raw = _read_facts(facts)
     result: Any
     if timeline:
         result = engine.timeline(raw)
@@ -450,8 +450,8 @@ def audit_record(
     """Evaluate FACTS and append the evaluation to the decision log; prints its id."""
     from engine.host.audit import open_log
 
-    engine = _load(rules, policy)
     raw = _read_facts(facts)
+    engine = _load(rules, policy)
     with open_log(store, create=True) as log:
         try:
             decision, evaluation = log.record(engine, raw, as_of=as_of, patient=patient)
