@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -219,7 +220,7 @@ class _Sqlite:
         self._lock = threading.Lock()
 
     def _run(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
-        return self._conn.execute(sql, tuple(params)).fetchall()
+        return self._conn.execute(sql, _columns(params)).fetchall()
 
     @contextmanager
     def transaction(self) -> Iterator[Run]:
@@ -300,7 +301,7 @@ class _Postgres:
     @staticmethod
     def _runner(cur: Any) -> Run:
         def run(sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
-            cur.execute(sql.replace("?", "%s"), tuple(params))
+            cur.execute(sql.replace("?", "%s"), _columns(params))
             return list(cur.fetchall()) if cur.description is not None else []
 
         return run
@@ -322,6 +323,20 @@ class _Postgres:
                 self._pool.get_nowait().close()
             except queue.Empty:
                 return
+
+
+def _columns(params: Sequence[object]) -> tuple[object, ...]:
+    """Query parameters as the database can take them: a text value holding a lone
+    surrogate (a fact id, a patient) has it written as its `\\uXXXX` escape, the same way
+    on every write and every query (bodies are JSON, escaped by `dumps` already)."""
+    return tuple(_SURROGATE.sub(_escape, p) if isinstance(p, str) else p for p in params)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group(0)):04x}"
 
 
 def _first_line(exc: BaseException) -> str:
