@@ -464,17 +464,79 @@ def audit_record(
 
 @audit.command("verify")
 @AUDIT_STORE_OPTION
+@click.option(
+    "--checkpoint",
+    "checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="A signed checkpoint (audit checkpoint): the log must still extend it.",
+)
+@click.option(
+    "--public-key",
+    "public_key",
+    default=None,
+    metavar="FILE",
+    help="The trusted Ed25519 public key (PEM) the checkpoint must be signed with "
+    "(default: $CART_CDS_AUDIT_PUBLIC_KEY, else the key in the checkpoint).",
+)
 @AUDIT_FORMAT_OPTION
-def audit_verify(store: str | None, fmt: str) -> None:
-    """Check the hash chain, the head and the stored rule sets; exit 1 naming the first
-    bad record. Prints the head hash: compare it with a copy kept elsewhere."""
-    from engine.host.audit import open_log
+def audit_verify(
+    store: str | None, checkpoint: str | None, public_key: str | None, fmt: str
+) -> None:
+    """Check the hash chain, the head and the stored rule sets (and, with --checkpoint,
+    that the log still extends a signed head kept elsewhere); exit 1 naming the first bad
+    record. Opens the store read-only: verifying never writes."""
+    from engine.host.audit import AuditError, Checkpoint, load_public_key, open_log
 
+    witnessed = None
+    if checkpoint is not None:
+        try:
+            witnessed = Checkpoint.from_dict(json.loads(Path(checkpoint).read_text("utf-8")))
+        except (OSError, ValueError) as exc:
+            raise AuditError(f"cannot read the checkpoint {checkpoint!r}: {exc}") from None
+    trusted = load_public_key(public_key)
     with open_log(store) as log:
-        result = log.verify()
+        result = log.verify(witnessed, trusted_key=trusted)
     click.echo(to_json(result.as_dict()) if fmt == "json" else result.text())
     if not result.ok:
         raise SystemExit(1)
+
+
+@audit.command("checkpoint")
+@AUDIT_STORE_OPTION
+@click.option(
+    "--key",
+    "key",
+    default=None,
+    metavar="FILE",
+    help="The Ed25519 private key (PEM) to sign with (default: $CART_CDS_AUDIT_KEY).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    metavar="FILE",
+    help="Write the checkpoint here (default: standard output).",
+)
+def audit_checkpoint(store: str | None, key: str | None, out: str | None) -> None:
+    """Sign the log's head (record count, head hash, time) after verifying it; keep the
+    checkpoint where the database's writers cannot change it (docs/audit.md)."""
+    from engine.host.audit import load_signing_key, open_log, sign_checkpoint
+
+    signing = load_signing_key(key)
+    with open_log(store) as log:
+        made = sign_checkpoint(log, signing)
+    text = to_json(made.as_dict())
+    if out is None:
+        click.echo(text)
+        return
+    try:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise click.FileError(out, hint=exc.strerror or str(exc)) from exc
+    click.echo(f"checkpoint of {made.count} records, head {made.head}, written to {out}", err=True)
 
 
 @audit.command("replay")

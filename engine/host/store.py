@@ -29,6 +29,7 @@ import queue
 import re
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -200,20 +201,29 @@ class _Sqlite:
 
     dialect = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
         if path != ":memory:":
             parent = Path(path).expanduser().resolve().parent
             if not parent.is_dir():
                 raise StoreError(f"cannot open store {path!r}: no directory {str(parent)!r}")
         try:
-            self._conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30.0
-            )
+            if read_only:  # the file is never written (nor created)
+                uri = f"file:{urllib.parse.quote(str(Path(path).expanduser().resolve()))}?mode=ro"
+                self._conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0
+                )
+            else:
+                self._conn = sqlite3.connect(
+                    path, isolation_level=None, check_same_thread=False, timeout=30.0
+                )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path!r}: {exc}") from exc
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")  # a commit survives a power cut
+            if read_only:
+                self._conn.execute("PRAGMA query_only=ON")
+            else:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")  # a commit survives a power cut
         except sqlite3.Error as exc:
             self._conn.close()
             raise StoreError(f"cannot open store {path!r}: {exc}") from exc
@@ -257,11 +267,12 @@ class _Postgres:
 
     dialect = "postgresql"
 
-    def __init__(self, url: str, size: int = _PG_POOL) -> None:
+    def __init__(self, url: str, size: int = _PG_POOL, *, read_only: bool = False) -> None:
         import psycopg
 
         self._psycopg = psycopg
         self._url = url
+        self._options = "-c default_transaction_read_only=on" if read_only else None
         self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
         self._slots = threading.Semaphore(size)
         self._closed = False
@@ -270,7 +281,9 @@ class _Postgres:
 
     def _connect(self) -> Any:
         try:
-            return self._psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+            return self._psycopg.connect(
+                self._url, autocommit=True, connect_timeout=10, options=self._options
+            )
         except self._psycopg.Error as exc:
             raise StoreError(f"cannot connect to the store: {_first_line(exc)}") from exc
 
@@ -454,11 +467,12 @@ def _now() -> str:
 class SqlStore:
     """`FactStore` on SQLite or PostgreSQL; safe to share between threads."""
 
-    def __init__(self, backend: _Backend, target: str) -> None:
+    def __init__(self, backend: _Backend, target: str, *, read_only: bool = False) -> None:
         self._b = backend
         self.target = target
+        self.read_only = read_only
         try:
-            self._version = self._migrate()
+            self._version = self._schema() if read_only else self._migrate()
         except BaseException:
             backend.close()  # a store that cannot be used is not left open
             raise
@@ -476,6 +490,23 @@ class SqlStore:
         """The database, for other components kept in this store (`engine.host.audit`):
         `transaction()` and `read()` yield `run(sql, params)`; `dialect` names it."""
         return self._b
+
+    def _schema(self) -> int:
+        """The schema version of a store opened read-only: nothing is created or migrated."""
+        try:
+            with self._b.read() as run:
+                rows = run("SELECT version FROM schema_version WHERE component = 'store'", ())
+        except StoreError as exc:
+            raise StoreError(
+                f"store {self.target!r} is not a cart-cds store (no schema_version table)"
+            ) from exc
+        version = int(rows[0][0]) if rows else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.target!r} has schema version {version}; this cart-cds "
+                f"knows up to {SCHEMA_VERSION}: upgrade cart-cds"
+            )
+        return version
 
     def _migrate(self) -> int:
         with self._b.transaction() as run:
@@ -692,16 +723,19 @@ class SqlStore:
         self._b.close()
 
 
-def open_store(target: str) -> SqlStore:
-    """A store from a file path (SQLite; `:memory:` for tests) or a `postgresql://` URL."""
+def open_store(target: str, *, read_only: bool = False) -> SqlStore:
+    """A store from a file path (SQLite; `:memory:` for tests) or a `postgresql://` URL.
+    `read_only`: nothing is created, migrated or written (SQLite `mode=ro`; PostgreSQL
+    read-only transactions)."""
     if target.startswith(("postgresql://", "postgres://")):
-        return SqlStore(_Postgres(target), _redact(target))
+        backend = _Postgres(target, read_only=read_only)
+        return SqlStore(backend, _redact(target), read_only=read_only)
     if "://" in target:
         scheme = target.split("://", 1)[0]
         raise StoreError(
             f"unknown store scheme {scheme!r}: give a file path (SQLite) or a postgresql:// URL"
         )
-    return SqlStore(_Sqlite(target), target)
+    return SqlStore(_Sqlite(target, read_only=read_only), target, read_only=read_only)
 
 
 def _redact(url: str) -> str:
