@@ -7,6 +7,13 @@ ICANS grade, eligibility) become cards too. For the order hooks, the dose guard'
 decision on each draft order becomes a card: `critical` with the reasons when it blocks,
 `info` when the order is within every limit.
 
+Card text is data, not markup: everything that comes from the input (fact ids, reasons
+quoting input values, FHIR ids, order references, finding details) reaches a card's
+markdown `detail` through `md_text` (markdown punctuation backslash-escaped, `<`, `>` and
+`&` as entities, line breaks as spaces) or `md_code` (a code span whose fence is longer
+than any backtick run inside). Only the rule files' own texts are markdown. The `summary`
+(plain text) holds no input.
+
 Card and suggestion uuids are uuid5 over the rule id and version, the code and the ids of
 the facts the conclusion rests on: the same evaluation gives the same uuids, so feedback
 on a card can be joined back to the rule version that produced it.
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +46,8 @@ __all__ = [
     "Suggestion",
     "SuggestionAction",
     "draft_orders",
+    "md_code",
+    "md_text",
 ]
 
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cart-cds.example/cds-hooks/cards")
@@ -268,6 +278,26 @@ def card_uuid(kind: str, rule: str, version: int, code: str, because: Sequence[s
     return str(uuid.uuid5(NAMESPACE, _canonical([kind, rule, version, code, sorted(because)])))
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:])")
+_BACKTICKS = re.compile(r"`+")
+
+
+def md_text(value: object) -> str:
+    """`value` as inert CommonMark/GFM text: no tag, link, emphasis or list can come of it."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def md_code(value: object) -> str:
+    """`value` as a code span (shown literally), fenced past any backticks it holds."""
+    text = " ".join(str(value).split())
+    longest = max((len(m.group(0)) for m in _BACKTICKS.finditer(text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _summary(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1].rstrip() + "…"
@@ -382,10 +412,10 @@ class CardMaker:
         }
         lines = [
             *self._provenance(rule_id),
-            f"Since {item.get('since')}; rests on facts: {_ids(because)}.",
+            f"Since {md_text(item.get('since'))}; rests on facts: {_ids(because)}.",
         ]
         if details:
-            lines.append("Details: " + "; ".join(f"{k} {_number(v)}" for k, v in details.items()))
+            lines.append("Details: " + _details(details))
         card = Card(
             uuid=card_uuid("finding", rule_id, self._version(rule_id), code, because),
             summary=_summary(summary),
@@ -406,10 +436,10 @@ class CardMaker:
         lines = [
             f"Action `{code}`: {meaning}.",
             *self._provenance(rule_id),
-            f"Since {rec.get('since')}; rests on facts: {_ids(because)}.",
+            f"Since {md_text(rec.get('since'))}; rests on facts: {_ids(because)}.",
         ]
         if details:
-            lines.append("Details: " + "; ".join(f"{k} {_number(v)}" for k, v in details.items()))
+            lines.append("Details: " + _details(details))
         uid = card_uuid("recommendation", rule_id, int(rec.get("rule_version", 0)), code, because)
         suggest = _SUGGESTIONS.get(code)
         suggestions = suggest(uid, details, patient) if suggest is not None else []
@@ -441,11 +471,11 @@ class CardMaker:
         for r in evaluation.get("rejected") or []:
             ident = str(r.get("id") if r.get("id") is not None else f"#{r.get('index')}")
             keys.append(f"fact:{ident}:{r.get('reason')}")
-            lines.append(f"- fact `{ident}`: {r.get('reason')}")
+            lines.append(f"- fact {md_code(ident)}: {md_text(r.get('reason'))}")
         for u in unmapped:
             ident = f"{u.resource_type or '?'}/{u.resource_id or '?'}"
             keys.append(f"fhir:{ident}:{u.reason}")
-            lines.append(f"- FHIR `{ident}` (entry {u.index}): {u.reason}")
+            lines.append(f"- FHIR {md_code(ident)} (entry {int(u.index)}): {md_text(u.reason)}")
         if not lines:
             return []
         shown = lines[:15] + ([f"- and {len(lines) - 15} more"] if len(lines) > 15 else [])
@@ -501,7 +531,9 @@ class CardMaker:
         return out
 
     def _order_notes(self, order: DraftOrder) -> list[str]:
-        notes = [f"Order `{order.reference}` checked as of {order.fact['time']}."]
+        notes = [
+            f"Order {md_code(order.reference)} checked as of {md_text(order.fact['time'])}."
+        ]
         if order.server_time:
             notes.append(
                 "**Order time taken from the server's clock**: the MedicationRequest has no "
@@ -530,10 +562,11 @@ class CardMaker:
         lines = [
             "The dose guard refuses this order:",
             "\n".join(
-                f"- `{b.get('reason')}`: {_reason_text(b, policy)} (rule `{b.get('rule')}`)"
+                f"- {md_code(b.get('reason'))}: {md_text(_reason_text(b, policy))} "
+                f"(rule {md_code(b.get('rule'))})"
                 for b in reasons
             )
-            or "\n".join(f"- `{c}`" for c in codes),
+            or "\n".join(f"- {md_code(c)}" for c in codes),
             *self._order_notes(order),
             *self._provenance(rule_id),
             f"Rests on facts: {_ids(because)}.",
@@ -607,8 +640,12 @@ def _listed(value: object) -> list[Mapping[str, Any]]:
     return [value] if isinstance(value, Mapping) else []
 
 
+def _details(details: Mapping[str, Any]) -> str:
+    return "; ".join(f"{md_text(k)} {md_text(_number(v))}" for k, v in details.items())
+
+
 def _ids(ids: Sequence[str]) -> str:
-    shown = [f"`{i}`" for i in ids[:20]]
+    shown = [md_code(i) for i in ids[:20]]
     if len(ids) > 20:
         shown.append(f"and {len(ids) - 20} more")
     return ", ".join(shown) if shown else "none"
