@@ -531,9 +531,7 @@ class CardMaker:
         return out
 
     def _order_notes(self, order: DraftOrder) -> list[str]:
-        notes = [
-            f"Order {md_code(order.reference)} checked as of {md_text(order.fact['time'])}."
-        ]
+        notes = [f"Order {md_code(order.reference)} checked as of {md_text(order.fact['time'])}."]
         if order.server_time:
             notes.append(
                 "**Order time taken from the server's clock**: the MedicationRequest has no "
