@@ -46,8 +46,10 @@ __all__ = [
     "Suggestion",
     "SuggestionAction",
     "draft_orders",
+    "known_override_reason",
     "md_code",
     "md_text",
+    "offered_suggestions",
 ]
 
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cart-cds.example/cds-hooks/cards")
@@ -99,7 +101,9 @@ class SuggestionAction(BaseModel):
     type: Literal["create", "update", "delete"]
     description: str
     resource: dict[str, Any] | None = None
-    resourceId: list[str] | None = None
+    resourceId: str | None = Field(
+        default=None, description="The resource a delete removes, e.g. 'MedicationRequest/1'."
+    )
 
 
 class Suggestion(BaseModel):
@@ -253,8 +257,8 @@ def _drug(resource: Mapping[str, Any]) -> str | None:
 
 
 def _dose(resource: Mapping[str, Any]) -> tuple[float, str] | None:
-    for dosage in resource.get("dosageInstruction") or []:
-        for rate in (dosage.get("doseAndRate") or []) if isinstance(dosage, Mapping) else []:
+    for dosage in _listed(resource.get("dosageInstruction")):
+        for rate in _listed(dosage.get("doseAndRate")):  # a list, or one object as some send
             quantity = rate.get("doseQuantity") if isinstance(rate, Mapping) else None
             if not isinstance(quantity, Mapping):
                 continue
@@ -584,13 +588,13 @@ class CardMaker:
             suggestions=[
                 Suggestion(
                     label="Remove this tocilizumab order",
-                    uuid=str(uuid.uuid5(NAMESPACE, f"{uid}/remove")),
+                    uuid=suggestion_uuid(uid, "remove"),
                     isRecommended=True,
                     actions=[
                         SuggestionAction(
                             type="delete",
                             description="Remove the draft tocilizumab order the dose guard refuses",
-                            resourceId=[order.reference],
+                            resourceId=order.reference,
                         )
                     ],
                 )
@@ -630,6 +634,26 @@ class CardMaker:
             ),
         )
         return self._issued(card, "order", "GIVE", rule_id, because, service, patient)
+
+
+def suggestion_uuid(card: str, kind: str) -> str:
+    """The uuid of a card's suggestion: derived from the card's, so feedback naming an
+    accepted suggestion can be checked against the card without storing suggestions."""
+    return str(uuid.uuid5(NAMESPACE, f"{card}/{kind}"))
+
+
+def offered_suggestions(issued: IssuedCard) -> frozenset[str]:
+    """The uuids of the suggestions an issued card can have carried (by its kind and code)."""
+    if issued.kind == "order" and issued.code == "BLOCK":
+        return frozenset({suggestion_uuid(issued.uuid, "remove")})
+    if issued.kind == "recommendation" and issued.code in _SUGGESTIONS:
+        return frozenset({suggestion_uuid(issued.uuid, "order-tocilizumab")})
+    return frozenset()
+
+
+def known_override_reason(system: str | None, code: str | None) -> bool:
+    """True for one of the override reasons the cards offer (`OVERRIDE_REASONS`)."""
+    return any((c.system, c.code) == (system, code) for c in OVERRIDE_REASONS)
 
 
 def _listed(value: object) -> list[Mapping[str, Any]]:
@@ -745,7 +769,7 @@ def _tocilizumab_suggestion(
     return [
         Suggestion(
             label=f"Order tocilizumab {shown} mg IV over 1 h",
-            uuid=str(uuid.uuid5(NAMESPACE, f"{card}/order-tocilizumab")),
+            uuid=suggestion_uuid(card, "order-tocilizumab"),
             isRecommended=True,
             actions=[
                 SuggestionAction(

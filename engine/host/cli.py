@@ -235,6 +235,14 @@ def scenario_run(
     metavar="SECONDS",
     help="Refuse a client JWT whose exp - iat is longer (CDS Hooks: 5 minutes).",
 )
+@click.option(
+    "--fhir-server",
+    "fhir_servers",
+    multiple=True,
+    metavar="URL",
+    help="A FHIR base URL the service may query when a call has no prefetch "
+    "(repeatable; docs/service.md).",
+)
 def serve(
     host: str,
     port: int,
@@ -248,6 +256,7 @@ def serve(
     cache_size: int,
     live_sessions: int,
     max_token_lifetime: int,
+    fhir_servers: tuple[str, ...],
 ) -> None:
     """Run the CDS Hooks services and the JSON API over a patient fact store (docs/service.md)."""
     from engine.host.service import run_cli
@@ -256,7 +265,8 @@ def serve(
     raise SystemExit(
         run_cli(engine, store, host=host, port=port, jwks=jwks, issuers=issuers,
                 base_url=base_url, insecure_dev=insecure_dev, cache_size=cache_size,
-                live_sessions=live_sessions, max_token_lifetime=max_token_lifetime)
+                live_sessions=live_sessions, max_token_lifetime=max_token_lifetime,
+                fhir_servers=fhir_servers)
     )  # fmt: skip
 
 

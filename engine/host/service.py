@@ -30,6 +30,7 @@ template, status and duration: no bodies, no patient ids, no query strings.
 import hashlib
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -46,14 +47,25 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.errors import EvaluationError, FactError
-from engine.explain.cards import Card, CardMaker, Coding, OrderError, Rendered, SuggestionAction
+from engine.explain.cards import (
+    Card,
+    CardMaker,
+    Coding,
+    IssuedCard,
+    OrderError,
+    Rendered,
+    SuggestionAction,
+    known_override_reason,
+    offered_suggestions,
+)
 from engine.explain.cards import draft_orders as parse_draft_orders
 from engine.host.audit import AuditError, DecisionLog
 from engine.host.auth import MAX_LIFETIME_S, AuthError, Client, KeySet, Verifier
+from engine.host.fhirfetch import fetch_missing, server_allowed
 from engine.host.store import (
     AppendResult,
     ConflictError,
@@ -108,6 +120,7 @@ class Settings:
     body_limit: int = BODY_LIMIT  # every request body (413 over it)
     limits: Limits = DEFAULT_LIMITS  # a facts body (docs/limits.md)
     max_token_lifetime: float = MAX_LIFETIME_S  # a client JWT's exp - iat, in seconds
+    fhir_servers: tuple[str, ...] = ()  # FHIR base URLs the service may query (no prefetch)
     cache_size: int = 128  # evaluations kept (0: none)
     live_sessions: int = 16  # patients with a live matcher session (0: rebuild every time)
     max_sessions: int = 4  # evaluations (durable-rules sessions) at once
@@ -197,6 +210,12 @@ class _HookRequest(BaseModel):
     fhirAuthorization: FhirAuthorization | None = None
     prefetch: dict[str, dict[str, Any] | None] | None = None
 
+    @model_validator(mode="after")
+    def _server_with_authorization(self) -> "_HookRequest":
+        if self.fhirAuthorization is not None and not self.fhirServer:
+            raise ValueError("fhirAuthorization needs fhirServer (CDS Hooks cds-r-1)")
+        return self
+
 
 class PatientViewRequest(_HookRequest):
     hook: Literal["patient-view"]
@@ -215,7 +234,9 @@ class OrderSignRequest(_HookRequest):
 
 class CdsResponse(BaseModel):
     cards: list[Card]
-    systemActions: list[SuggestionAction] = Field(default_factory=list)
+    systemActions: list[SuggestionAction] | None = Field(
+        default=None, description="Left out when there is none."
+    )
 
 
 class OverrideReason(BaseModel):
@@ -618,6 +639,93 @@ def _services() -> list[ServiceDescription]:
 
 
 SERVICES = (PATIENT_VIEW, ORDER_SELECT, ORDER_SIGN)
+
+
+@dataclass(frozen=True)
+class _HookData:
+    """A hook call's FHIR data: the facts it gave, and what was missing and why."""
+
+    facts: list[dict[str, Any]]
+    unmapped: list[Any]
+    available: bool  # a prefetch (or a fetch) gave data, even if it maps to no fact
+    missing: list[str] = field(default_factory=list)  # prefetch keys the call left out
+    failures: dict[str, str] = field(default_factory=dict)  # key -> why it was not fetched
+    server: bool = False  # the call named a fhirServer
+
+    def refusal(self, consequence: str) -> "ApiError":
+        """412: no stored facts and nothing to decide on, saying what is missing."""
+        names = ", ".join(self.missing) or "none"
+        if not self.server:
+            how = "and no fhirServer with fhirAuthorization to query"
+        else:
+            how = "and the FHIR server gave none of it"
+        problems = [
+            Problem(location=f"prefetch.{key}", reason=reason)
+            for key, reason in sorted(self.failures.items())
+        ]
+        return ApiError(
+            412,
+            f"no stored facts for this patient, no prefetch ({names}) {how}: "
+            f"{consequence}; send the prefetch, or fhirServer with fhirAuthorization",
+            problems,
+        )
+
+
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+
+
+def _feedback_problems(item: FeedbackItem, card: IssuedCard | None, service: str) -> list[str]:
+    """What is wrong with one feedback item, by the CDS Hooks 2.0 rules: a card this
+    service issued (by uuid); `acceptedSuggestions` only with `accepted` (and required
+    there), naming suggestions of that card; `overrideReason` only with `overridden`,
+    its reason one the cards offer; `outcomeTimestamp` an instant."""
+    if card is None:
+        return [f"unknown card {item.card!r}: not issued by this service"]
+    out: list[str] = []
+    if card.service != service:
+        out.append(f"card {item.card!r} was issued by service {card.service!r}")
+    accepted = [s.id for s in item.acceptedSuggestions or []]
+    if item.outcome == "overridden" and item.acceptedSuggestions is not None:
+        out.append("an overridden card accepts no suggestion (drop acceptedSuggestions)")
+    if item.outcome == "accepted":
+        offered = offered_suggestions(card)
+        if item.overrideReason is not None:
+            out.append("an accepted card has no overrideReason (it is for overridden cards)")
+        if not accepted:
+            out.append("an accepted outcome needs acceptedSuggestions naming what was accepted")
+        out.extend(
+            f"suggestion {s!r} is not one of card {item.card!r}'s" for s in accepted
+            if s not in offered
+        )  # fmt: skip
+    reason = item.overrideReason.reason if item.overrideReason is not None else None
+    if reason is not None and not known_override_reason(reason.system, reason.code):
+        out.append(
+            f"override reason {reason.code!r} ({reason.system!r}) is not one the card offered"
+        )
+    if not _INSTANT.fullmatch(item.outcomeTimestamp):
+        out.append(
+            f"outcomeTimestamp {item.outcomeTimestamp!r} is not an instant "
+            "(YYYY-MM-DDThh:mm:ss with Z or an offset)"
+        )
+    else:
+        try:
+            parse_time(item.outcomeTimestamp)
+        except ValueError as exc:
+            out.append(f"outcomeTimestamp: {exc}")
+    return out
+
+
+def _prefetch_of(service: str) -> dict[str, str]:
+    found = next(s for s in _services() if s.id == service)
+    return dict(found.prefetch or {})
+
+
+def _may_fetch(server: str, settings: Settings) -> bool:
+    if not server.startswith(("https://", "http://")):
+        return False
+    if settings.fhir_servers:
+        return server_allowed(server, settings.fhir_servers)
+    return settings.insecure_dev  # development: any server the caller names
 
 
 def _prefetch_facts(
@@ -1061,29 +1169,53 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
     def patient_view(request: PatientViewRequest, _caller: Caller) -> CdsResponse:
         """The patient's grades, eligibility and recommendations as cards."""
         patient = request.context.patientId
-        extra, unmapped = _prefetch_facts(request.prefetch, patient)
-        evaluation, stored = evaluator.current(patient, extra=extra)
-        if stored == 0 and not extra:
-            raise ApiError(
-                412,
-                "no stored facts for this patient and no usable prefetch: "
-                "this service does not query the FHIR server itself",
-            )
+        data = gather(request, PATIENT_VIEW)
+        evaluation, stored = evaluator.current(patient, extra=data.facts)
+        if stored == 0 and not data.available:
+            raise data.refusal("this service cannot decide")
         rendered = maker.patient_cards(evaluation, service=PATIENT_VIEW, patient=patient)
         rendered.extend(
             maker.unused_data_cards(
-                evaluation, _unmapped(unmapped), service=PATIENT_VIEW, patient=patient
+                evaluation, _unmapped(data.unmapped), service=PATIENT_VIEW, patient=patient
             )
         )
         return response(rendered)
 
+    def gather(
+        request: PatientViewRequest | OrderSignRequest | OrderSelectRequest, service: str
+    ) -> _HookData:
+        """The call's FHIR data as facts: its prefetch, and what the prefetch left out
+        fetched from `fhirServer` when the call gives one with `fhirAuthorization` and
+        the server is one the service may query (docs/service.md)."""
+        context: Mapping[str, Any] = request.context.model_dump()
+        patient = str(context["patientId"])
+        templates = _prefetch_of(service)
+        given = {k: v for k, v in (request.prefetch or {}).items() if v is not None}
+        missing = [k for k in templates if k not in given]
+        failures: dict[str, str] = {}
+        server, authorization = request.fhirServer, request.fhirAuthorization
+        if missing and server and authorization is not None:
+            if not _may_fetch(server, settings):
+                failures = {k: "the service may not query this FHIR server" for k in missing}
+            else:
+                fetched = fetch_missing(
+                    server,
+                    authorization.access_token,
+                    {k: templates[k] for k in missing},
+                    context,
+                    limits=settings.limits,
+                )
+                given.update(fetched.resources)
+                failures = fetched.failures
+        facts, unmapped = _prefetch_facts(given, patient)
+        return _HookData(facts, unmapped, bool(given), missing, failures, bool(server))
+
     def order_hook(
         service: str,
-        patient: str,
-        bundle: Mapping[str, Any],
+        request: OrderSignRequest | OrderSelectRequest,
         selections: Sequence[str] | None,
-        prefetch: Mapping[str, Any] | None,
     ) -> CdsResponse:
+        patient, bundle = request.context.patientId, request.context.draftOrders
         try:
             orders = parse_draft_orders(bundle, patient, _server_now, selections)
         except OrderError as exc:
@@ -1097,20 +1229,17 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
                 problems.append(Problem(index=n, id=order.reference, reason=checked.reason))
         if problems:
             raise ApiError(422, "a draft order cannot be checked", problems)
-        extra, unmapped = _prefetch_facts(prefetch, patient)
-        evaluation, stored = evaluator.rebuild(
-            patient, extra=[*extra, *(o.fact for o in orders)], cached=False
+        data = gather(request, service)
+        guarded = any(o.fact.get("drug") == "tocilizumab" for o in orders)
+        if guarded and store.revision(patient).count == 0 and not data.available:
+            raise data.refusal("earlier doses are unknown, so the order cannot be checked")
+        evaluation, _stored = evaluator.rebuild(
+            patient, extra=[*data.facts, *(o.fact for o in orders)], cached=False
         )
-        if stored == 0 and not extra:
-            raise ApiError(
-                412,
-                "no stored facts for this patient and no usable prefetch: earlier doses "
-                "are unknown, so the order cannot be checked",
-            )
         rendered = maker.order_cards(evaluation, orders, service=service, patient=patient)
         rendered.extend(
             maker.unused_data_cards(
-                evaluation, _unmapped(unmapped), service=service, patient=patient
+                evaluation, _unmapped(data.unmapped), service=service, patient=patient
             )
         )
         return response(rendered)
@@ -1124,10 +1253,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
     )
     def order_select(request: OrderSelectRequest, _caller: Caller) -> CdsResponse:
         """The dose guard's decision on each selected tocilizumab order."""
-        ctx = request.context
-        return order_hook(
-            ORDER_SELECT, ctx.patientId, ctx.draftOrders, ctx.selections, request.prefetch
-        )
+        return order_hook(ORDER_SELECT, request, request.context.selections)
 
     @app.post(
         f"/cds-services/{ORDER_SIGN}",
@@ -1138,8 +1264,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
     )
     def order_sign(request: OrderSignRequest, _caller: Caller) -> CdsResponse:
         """The dose guard's decision on each tocilizumab order about to be signed."""
-        ctx = request.context
-        return order_hook(ORDER_SIGN, ctx.patientId, ctx.draftOrders, None, request.prefetch)
+        return order_hook(ORDER_SIGN, request, None)
 
     @app.post(
         "/cds-services/{service_id}/feedback",
@@ -1156,38 +1281,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         records: list[FeedbackRecord] = []
         for n, item in enumerate(request.feedback):
             where = f"body.feedback.{n}"
-            card = store.card(item.card)
-            if card is None:
-                problems.append(
-                    Problem(index=n, location=where, reason=f"unknown card {item.card!r}")
-                )
-                continue
-            if card.service != service_id:
-                problems.append(
-                    Problem(
-                        index=n,
-                        location=where,
-                        reason=f"card {item.card!r} was issued by service {card.service!r}",
-                    )
-                )
-            if item.outcome == "overridden" and item.acceptedSuggestions:
-                problems.append(
-                    Problem(
-                        index=n, location=where, reason="an overridden card accepts no suggestion"
-                    )
-                )
-            if item.outcome == "accepted" and item.overrideReason is not None:
-                problems.append(
-                    Problem(
-                        index=n, location=where, reason="an accepted card has no overrideReason"
-                    )
-                )
-            try:
-                timestamp = parse_time(item.outcomeTimestamp)[0]
-            except ValueError as exc:
-                problems.append(
-                    Problem(index=n, location=f"{where}.outcomeTimestamp", reason=str(exc))
-                )
+            found = _feedback_problems(item, store.card(item.card), service_id)
+            problems.extend(Problem(index=n, location=where, reason=r) for r in found)
+            if found:
                 continue
             reason = item.overrideReason
             records.append(
@@ -1195,7 +1291,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
                     service=service_id,
                     card=item.card,
                     outcome=item.outcome,
-                    outcome_timestamp=timestamp,
+                    outcome_timestamp=parse_time(item.outcomeTimestamp)[0],
                     accepted_suggestions=tuple(s.id for s in item.acceptedSuggestions or []),
                     override_reason=(
                         reason.reason.model_dump(exclude_none=True)
@@ -1491,6 +1587,7 @@ def run_cli(
     cache_size: int,
     live_sessions: int = 16,
     max_token_lifetime: float = MAX_LIFETIME_S,
+    fhir_servers: Sequence[str] = (),
 ) -> int:
     """`cart-cds serve`: returns the exit code (2: bad options, store or keys)."""
     import click
@@ -1519,6 +1616,7 @@ def run_cli(
         cache_size=cache_size,
         live_sessions=live_sessions,
         max_token_lifetime=max_token_lifetime,
+        fhir_servers=tuple(fhir_servers),
     )
     try:
         store = open_store(store_target)
