@@ -29,6 +29,7 @@ import queue
 import re
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -52,6 +53,7 @@ __all__ = [
     "Revision",
     "SqlStore",
     "StoreError",
+    "StoreUnavailable",
     "StoredFact",
     "open_store",
 ]
@@ -59,10 +61,15 @@ __all__ = [
 SCHEMA_VERSION = 3  # of the `store` component
 _CHUNK = 500  # ids per IN (...) list
 _PG_POOL = 4  # connections per PostgreSQL store
+_PG_RETRY_S = 10.0  # how long a PostgreSQL store keeps trying to (re)connect
 
 
 class StoreError(CartCdsError):
     """The store cannot be opened or did not answer (the service says 503)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database did not answer within the bounded reconnection attempts."""
 
 
 class ConflictError(StoreError):
@@ -267,11 +274,19 @@ class _Postgres:
 
     dialect = "postgresql"
 
-    def __init__(self, url: str, size: int = _PG_POOL, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        size: int = _PG_POOL,
+        *,
+        read_only: bool = False,
+        retry_for: float = _PG_RETRY_S,
+    ) -> None:
         import psycopg
 
         self._psycopg = psycopg
         self._url = url
+        self._retry_for = retry_for
         self._options = "-c default_transaction_read_only=on" if read_only else None
         self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
         self._slots = threading.Semaphore(size)
@@ -280,12 +295,34 @@ class _Postgres:
             run("SELECT 1", ())
 
     def _connect(self) -> Any:
+        """A new connection, retried with a growing pause (0.1 s doubling, at most 2 s)
+        for `retry_for` seconds: a server restarting is waited for, one that stays away
+        is `StoreUnavailable`."""
+        deadline = time.monotonic() + self._retry_for
+        pause, attempts = 0.1, 0
+        while True:
+            attempts += 1
+            try:
+                return self._psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=5, options=self._options
+                )
+            except self._psycopg.Error as exc:
+                if time.monotonic() + pause > deadline:
+                    raise StoreUnavailable(
+                        f"the database did not answer after {attempts} attempt(s) over "
+                        f"{self._retry_for:g} s: {_first_line(exc)}"
+                    ) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    def _alive(self, conn: Any) -> bool:
+        """A pooled connection still works (a restarted server broke it): one round trip."""
         try:
-            return self._psycopg.connect(
-                self._url, autocommit=True, connect_timeout=10, options=self._options
-            )
-        except self._psycopg.Error as exc:
-            raise StoreError(f"cannot connect to the store: {_first_line(exc)}") from exc
+            conn.execute("SELECT 1")
+        except self._psycopg.Error:
+            conn.close()
+            return False
+        return not conn.closed
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -295,15 +332,18 @@ class _Postgres:
             raise StoreError("store unavailable: no free connection within 30 s")
         conn = None
         try:
-            try:
-                conn = self._pool.get_nowait()
-            except queue.Empty:
-                conn = self._connect()
+            while conn is None:
+                try:
+                    pooled = self._pool.get_nowait()
+                except queue.Empty:
+                    conn = self._connect()
+                else:
+                    conn = pooled if self._alive(pooled) else None
             yield conn
         except self._psycopg.Error as exc:
             raise StoreError(f"store unavailable: {_first_line(exc)}") from exc
         finally:
-            if conn is not None:
+            if conn is not None and not conn.closed:
                 idle = self._psycopg.pq.TransactionStatus.IDLE
                 if conn.closed or conn.broken or conn.info.transaction_status != idle:
                     conn.close()
@@ -723,12 +763,12 @@ class SqlStore:
         self._b.close()
 
 
-def open_store(target: str, *, read_only: bool = False) -> SqlStore:
+def open_store(target: str, *, read_only: bool = False, retry_for: float = _PG_RETRY_S) -> SqlStore:
     """A store from a file path (SQLite; `:memory:` for tests) or a `postgresql://` URL.
     `read_only`: nothing is created, migrated or written (SQLite `mode=ro`; PostgreSQL
     read-only transactions)."""
     if target.startswith(("postgresql://", "postgres://")):
-        backend = _Postgres(target, read_only=read_only)
+        backend = _Postgres(target, read_only=read_only, retry_for=retry_for)
         return SqlStore(backend, _redact(target), read_only=read_only)
     if "://" in target:
         scheme = target.split("://", 1)[0]
