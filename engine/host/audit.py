@@ -42,6 +42,7 @@ from engine.language.ruleset import RuleSet, Scalar
 from engine.language.validate import RULE_SUFFIXES, digest_of_sources
 from engine.runtime.api import Engine, load_rules
 from engine.runtime.jsontext import dumps
+from engine.runtime.reading import DEFAULT_LIMITS
 
 __all__ = [
     "DEFAULT_STORE",
@@ -321,7 +322,13 @@ class DecisionLog:
         patient: str | None = None,
     ) -> Decision:
         """Append an evaluation made by `ruleset` from `facts` (at `as_of`, for
-        `patient`, as passed to `Engine.evaluate`); returns after the commit."""
+        `patient`, as passed to `Engine.evaluate`); returns after the commit. At most
+        `max_facts` facts (engine.runtime.reading.Limits), as for any facts body."""
+        if len(facts) > DEFAULT_LIMITS.max_facts:
+            raise AuditError(
+                f"{len(facts)} facts are over the limit of {DEFAULT_LIMITS.max_facts} "
+                "per decision (docs/limits.md); nothing recorded"
+            )
         files = _ruleset_files(ruleset)
         content: dict[str, Any] = {
             "format": FORMAT,
