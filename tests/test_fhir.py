@@ -197,12 +197,17 @@ def test_cli_evaluate_of_the_crs_bundle_grades_crs_3_and_prints_nothing_on_stder
     assert json.loads(out)["findings"]["crs"]["grade"] == 3
 
 
-def test_cli_still_reads_a_json_array_and_refuses_a_single_fact_object(
+def test_cli_reads_a_single_fact_object_as_one_fact_as_the_service_does(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     single = tmp_path / "one.json"
     single.write_text('{\n  "type": "patient", "time": "2025-05-05", "age_y": 60\n}\n')
-    code, _, err = run(capsys, "evaluate", str(single))
+    code, out, _ = run(capsys, "evaluate", str(single))
+    assert code == 0
+    assert json.loads(out)["rejected"] == []
+    broken = tmp_path / "broken.json"
+    broken.write_text('{\n  "type": "patient",\n')
+    code, _, err = run(capsys, "evaluate", str(broken))
     assert code == 2
     assert "invalid JSON" in err
 

@@ -376,9 +376,9 @@ class ApiError(Exception):
         self.code = code
 
     @classmethod
-    def refused(cls, exc: BodyRefused, what: str = "") -> "ApiError":
+    def refused(cls, exc: BodyRefused) -> "ApiError":
         """A facts body refused as a whole, with its code and status (docs/limits.md)."""
-        return cls(REFUSALS[exc.code], f"{what}{exc.message}", code=exc.code)
+        return cls(REFUSALS[exc.code], exc.message, code=exc.code)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -658,7 +658,7 @@ class _HookData:
         if not self.server:
             how = "and no fhirServer with fhirAuthorization to query"
         else:
-            how = "and the FHIR server gave none of it"
+            how = "and nothing could be fetched from the FHIR server"
         problems = [
             Problem(location=f"prefetch.{key}", reason=reason)
             for key, reason in sorted(self.failures.items())
