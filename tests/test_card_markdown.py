@@ -69,19 +69,39 @@ def test_escaped_text_and_code_render_as_the_same_characters_and_nothing_else(
     assert "alert(1)" not in payload or "alert(1)" in plain  # shown, not dropped
 
 
-def _cards(cds: engine.Engine, payload: str) -> list[Any]:
+@pytest.fixture(scope="module")
+def cards(cds: engine.Engine) -> list[Any]:
+    """The cards of a few evaluations where every payload is the id of a used temperature,
+    the id and type of a refused fact, and the id of an unmappable FHIR resource (seven
+    payloads an evaluation: the warning card lists 15 items)."""
+    out: list[Any] = []
+    for start in range(0, len(PAYLOADS), 7):
+        out.extend(_cards(cds, PAYLOADS[start : start + 7]))
+    return out
+
+
+def _cards(cds: engine.Engine, payloads: list[str]) -> list[Any]:
     facts: list[dict[str, Any]] = [
         {"id": "pt", "type": "patient", "time": "2025-05-05T08:00:00Z", "age_y": 61,
          "weight_kg": 80},
         {"id": "inf", "type": "procedure", "time": "2025-05-05T10:00:00Z",
          "name": "car_t_infusion", "status": "done", "product": "axi-cel"},
-        {"id": payload, "type": "observation", "code": "8310-5",
-         "time": "2025-05-06T08:00:00Z", "value": 38.9, "unit": "Cel"},
-        {"id": payload + "2", "type": payload, "time": "2025-05-06T09:00:00Z",
-         "note": payload},
     ]  # fmt: skip
+    for n, payload in enumerate(payloads):
+        facts.append(
+            {
+                "id": payload,
+                "type": "observation",
+                "code": "8310-5",
+                "time": f"2025-05-06T{n:02d}:00:00Z",
+                "value": 38.9,
+                "unit": "Cel",
+            }
+        )
+        facts.append({"id": payload + "2", "type": payload, "time": "2025-05-06T09:00:00Z",
+                      "note": payload})  # fmt: skip
     _, unmapped = bundle_to_facts({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {"resourceType": "Basic", "id": payload}}]})  # fmt: skip
+        {"resource": {"resourceType": "Basic", "id": p}} for p in payloads]})  # fmt: skip
     evaluation = cds.evaluate(facts)
     maker = CardMaker(cds, "http://cds.test")
     rendered = maker.patient_cards(evaluation, service="s", patient="p")
@@ -89,17 +109,22 @@ def _cards(cds: engine.Engine, payload: str) -> list[Any]:
     return [r.card for r in rendered]
 
 
-@pytest.mark.parametrize("payload", PAYLOADS)
-def test_a_payload_in_a_fact_id_a_refused_fact_or_fhir_data_stays_text_in_every_card(
-    cds: engine.Engine, payload: str
-) -> None:
-    cards = _cards(cds, payload)
-    assert any("CRS grade 1" in c.summary for c in cards)  # the payload fact was used
+def test_every_card_quoting_payloads_renders_as_text_only(cards: list[Any]) -> None:
+    assert any("CRS grade 1" in c.summary for c in cards)  # the payload facts were used
     assert any(c.indicator == "warning" and "could not be used" in c.summary for c in cards)
     for card in cards:
         assert card.detail is not None
         assert_inert(card.detail)
         assert "<" not in card.summary
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_a_payload_in_a_refused_fact_or_fhir_data_is_quoted_escaped(
+    cards: list[Any], payload: str
+) -> None:
+    details = "\n".join(c.detail or "" for c in cards)
+    assert md_code(payload + "2") in details  # the refused fact, by its id
+    assert md_code(f"Basic/{payload}") in details  # the FHIR resource
 
 
 def test_a_draft_order_reference_is_escaped_in_the_order_card_notes(cds: engine.Engine) -> None:

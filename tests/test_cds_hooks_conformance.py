@@ -19,7 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from servers import Keys, Service, crs_history, free_port, make_keys, write_jwks
+from conftest import Hardened
+from servers import Keys, Service, crs_history
 
 PATIENT_VIEW = "/cds-services/cart-t-patient-view"
 ORDER_SELECT = "/cds-services/cart-t-order-select"
@@ -35,8 +36,8 @@ class Fhir:
     """A FHIR R4 endpoint with one patient: a Patient, and two tocilizumab administrations
     served as a searchset of two pages (a `next` link). Records every request."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int) -> None:
+        self.port = port
         self.base = f"http://127.0.0.1:{self.port}/fhir"
         self.requests: list[tuple[str, str | None]] = []
         fhir = self
@@ -158,25 +159,19 @@ def authorization(patient: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def fhir() -> Iterator[Fhir]:
-    with Fhir() as server:
+def fhir(hardened: Hardened) -> Iterator[Fhir]:
+    with Fhir(hardened.fhir_port) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def keys() -> Keys:
-    return make_keys("EC")
+def service(hardened: Hardened) -> Service:
+    return hardened.service
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, keys: Keys, fhir: Fhir) -> Iterator[Service]:
-    workdir = tmp_path_factory.mktemp("conformance")
-    jwks = write_jwks(workdir / "jwks.json", keys)
-    server = Service(store=str(workdir / "s.sqlite3"), workdir=workdir, jwks=jwks,
-                     extra=["--fhir-server", fhir.base])  # fmt: skip
-    server.start()
-    yield server
-    server.stop()
+def keys(hardened: Hardened) -> Keys:
+    return hardened.keys
 
 
 def post(service: Service, keys: Keys, path: str, body: Any) -> httpx.Response:

@@ -16,7 +16,7 @@ from engine.errors import BodyRefused, RuleSetError
 from engine.language._yaml import load_yaml
 from engine.runtime.reading import REFUSALS, Limits, load_facts_bytes, load_facts_text
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SMALL = Limits(max_bytes=4_000, max_facts=8, max_string=64, max_depth=6)
 
 ODD = ("\ud800", "é")  # a lone surrogate and a non-ASCII letter

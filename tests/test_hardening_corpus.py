@@ -8,14 +8,14 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
-from servers import Keys, Service, make_keys, write_jwks
+from conftest import Hardened
+from servers import Keys, Service
 
 from engine.host.cli import main
 from engine.runtime.reading import REFUSALS, BodyRefused, read_facts_file
@@ -161,18 +161,13 @@ ROUTES = {
 
 
 @pytest.fixture(scope="module")
-def keys() -> Keys:
-    return make_keys("EC")
+def service(hardened: Hardened) -> Service:
+    return hardened.service
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Service]:
-    workdir = tmp_path_factory.mktemp("corpus")
-    jwks = write_jwks(workdir / "jwks.json", keys)
-    server = Service(store=str(workdir / "facts.sqlite3"), workdir=workdir, jwks=jwks)
-    server.start()
-    yield server
-    server.stop()
+def keys(hardened: Hardened) -> Keys:
+    return hardened.keys
 
 
 @pytest.mark.parametrize("case", _cases("http.yaml"))

@@ -6,15 +6,16 @@ unknown type), which every output then quotes."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import Service
+from conftest import Hardened
 
 import engine
 from engine.explain.cards import CardMaker
+from engine.explain.report import to_json
+from engine.host.audit import DecisionLog
 from engine.host.cli import main
 from engine.host.store import StoredFact, open_store
 from engine.runtime.jsontext import dumps, printable
@@ -66,29 +67,29 @@ def test_a_card_quoting_a_refused_fact_renders_to_json(cds: engine.Engine) -> No
     assert "bad" in json.loads(text)["detail"]
 
 
-@pytest.mark.parametrize("fmt", ["json", "text"])
-def test_the_cli_prints_an_evaluation_quoting_a_lone_surrogate(
-    fmt: str, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
-) -> None:
-    facts = tmp_path / "facts.json"
-    facts.write_text(BODY, encoding="utf-8")
-    assert main(["evaluate", str(facts), "--format", fmt]) == 0
-    out = capsysbinary.readouterr().out.decode("utf-8")
-    assert "no_such_type" in out
-    if fmt == "json":
-        assert json.loads(out)["rejected"][0]["id"] == "bad" + LONE
-
-
-def test_the_html_report_and_the_audit_log_take_a_lone_surrogate(
+def test_the_cli_prints_text_and_writes_html_quoting_a_lone_surrogate(
     tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
     facts = tmp_path / "facts.json"
     facts.write_text(BODY, encoding="utf-8")
+    assert main(["evaluate", str(facts), "--format", "text"]) == 0
+    assert "no_such_type" in capsysbinary.readouterr().out.decode("utf-8")
     html = tmp_path / "report.html"
     assert main(["explain", str(facts), "--html", str(html)]) == 0
     assert "<html" in html.read_text(encoding="utf-8")
+
+
+def test_json_output_and_the_audit_log_keep_a_lone_surrogate(
+    cds: engine.Engine, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    facts = load_facts_text(BODY)
+    assert json.loads(to_json(cds.evaluate(facts)))["rejected"][0]["id"] == "bad" + LONE
     store = str(tmp_path / "audit.sqlite3")
-    assert main(["audit", "record", str(facts), "--store", store, "--patient", "p1"]) == 0
+    opened = open_store(store)
+    try:
+        DecisionLog(opened).record(cds, facts, patient="p1")
+    finally:
+        opened.close()
     assert main(["audit", "verify", "--store", store]) == 0
     assert main(["audit", "show", "1", "--store", store, "--format", "json"]) == 0
     out = capsysbinary.readouterr().out.decode("utf-8")
@@ -100,38 +101,27 @@ def test_the_html_report_and_the_audit_log_take_a_lone_surrogate(
 # --------------------------------------------------------------------------- the service
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    workdir = tmp_path_factory.mktemp("surrogates")
-    server = Service(store=str(workdir / "s.sqlite3"), workdir=workdir, insecure_dev=True)
-    server.start()
-    yield server
-    server.stop()
-
-
-def _post(service: Service, path: str, body: str | dict[str, Any]) -> Any:
-    content = body if isinstance(body, str) else json.dumps(body)
-    with service.client() as client:
-        r = client.post(
-            path, content=content.encode("utf-8"), headers={"Content-Type": "application/json"}
-        )
+def _post(hardened: Hardened, path: str, body: str) -> Any:
+    headers = {"Content-Type": "application/json", "Authorization": hardened.bearer(path)}
+    with hardened.service.client() as client:
+        r = client.post(path, content=body.encode("utf-8"), headers=headers)
     assert r.status_code != 500, r.text
     return r.status_code, json.loads(r.content.decode("utf-8"))
 
 
 def test_the_facts_upload_and_evaluate_answer_json_naming_the_refused_fact(
-    service: Service,
+    hardened: Hardened,
 ) -> None:
-    status, body = _post(service, "/patients/s1/facts", BODY)
+    status, body = _post(hardened, "/patients/s1/facts", BODY)
     assert status == 422
     assert body["problems"][0]["id"] == "bad" + LONE
-    status, body = _post(service, "/evaluate", BODY)
+    status, body = _post(hardened, "/evaluate", BODY)
     assert status == 422
     assert body["problems"][0]["id"] == "bad" + LONE
 
 
 def test_patient_view_quotes_an_unusable_fhir_resource_with_a_lone_surrogate(
-    service: Service,
+    hardened: Hardened,
 ) -> None:
     request = {
         "hook": "patient-view",
@@ -152,6 +142,6 @@ def test_patient_view_quotes_an_unusable_fhir_resource_with_a_lone_surrogate(
         },
     }  # fmt: skip
     text = json.dumps(request).replace("\\\\ud800", "\\ud800").replace("\\\\udfff", "\\udfff")
-    status, body = _post(service, "/cds-services/cart-t-patient-view", text)
+    status, body = _post(hardened, "/cds-services/cart-t-patient-view", text)
     assert status == 200
     assert any("Basic/b" in (card.get("detail") or "") for card in body["cards"])
