@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
-import re
 import sqlite3
 import threading
 import time
@@ -41,7 +40,7 @@ from typing import Any, Protocol
 from engine.errors import CartCdsError
 from engine.explain.cards import IssuedCard
 from engine.runtime.facts import Fact
-from engine.runtime.jsontext import dumps
+from engine.runtime.jsontext import dumps, escape_surrogates
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -382,14 +381,7 @@ def _columns(params: Sequence[object]) -> tuple[object, ...]:
     """Query parameters as the database can take them: a text value holding a lone
     surrogate (a fact id, a patient) has it written as its `\\uXXXX` escape, the same way
     on every write and every query (bodies are JSON, escaped by `dumps` already)."""
-    return tuple(_SURROGATE.sub(_escape, p) if isinstance(p, str) else p for p in params)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _escape(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group(0)):04x}"
+    return tuple(escape_surrogates(p) if isinstance(p, str) else p for p in params)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,7 +18,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["dumps", "printable"]
+__all__ = ["dumps", "escape_surrogates", "printable"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # a JSON string, or a bare non-finite token as json.dumps(allow_nan=True) writes it
@@ -45,9 +45,14 @@ def dumps(
     except ValueError:  # a non-finite number
         text = json.dumps(value, allow_nan=True, **options)
         text = _TOKEN.sub(lambda m: _NON_FINITE.get(m.group(0), m.group(0)), text)
-    if _SURROGATE.search(text) is not None:
-        text = _SURROGATE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
-    return text
+    return escape_surrogates(text)
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` with every lone surrogate written as its `\\uXXXX` escape (six characters)."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
 
 
 def printable(text: str) -> str:
