@@ -15,7 +15,6 @@ import httpx
 import pytest
 import yaml
 from conftest import Hardened
-from servers import Keys, Service
 
 from engine.host.cli import main
 from engine.runtime.reading import REFUSALS, BodyRefused, read_facts_file
@@ -160,20 +159,11 @@ ROUTES = {
 }
 
 
-@pytest.fixture(scope="module")
-def service(hardened: Hardened) -> Service:
-    return hardened.service
-
-
-@pytest.fixture(scope="module")
-def keys(hardened: Hardened) -> Keys:
-    return hardened.keys
-
-
 @pytest.mark.parametrize("case", _cases("http.yaml"))
 def test_an_http_body_gets_its_exact_status_and_code(
-    case: dict[str, Any], service: Service, keys: Keys
+    case: dict[str, Any], hardened: Hardened
 ) -> None:
+    service, keys = hardened.service, hardened.keys
     path = ROUTES[case["route"]].format(patient=f"hc-{uuid.uuid4().hex[:8]}")
     token = case.get("token", {})
     bearer = keys.token(
