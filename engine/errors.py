@@ -57,6 +57,17 @@ class FactError(CartCdsError):
     """Facts that cannot be read at all (not JSON, not a list of objects)."""
 
 
+class BodyRefused(FactError):
+    """A facts body (a file, a request body, standard input) refused as a whole, before or
+    while it is parsed: `code` is stable (docs/limits.md lists every one with its CLI exit
+    code and HTTP status)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class EvaluationError(CartCdsError):
     """The matcher or a rule failed during evaluation; names the rule and its place."""
 

@@ -285,6 +285,26 @@ class Postgres:
             conn.execute(f'CREATE DATABASE "{name}"')
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
 
+    def pg_ctl(self, *args: str) -> None:
+        """Run pg_ctl on this server's data directory (as its owner), checking it worked."""
+        pg_ctl = pg_binary("pg_ctl")
+        assert pg_ctl is not None and self.root is not None
+        cmd = [pg_ctl, "-D", str(self.root / "data"), "-w", "-t", "60", *args]
+        done = subprocess.run(self._as_owner(cmd), capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr or done.stdout
+
+    def restart(self) -> None:
+        """Stop the server at once (`-m immediate`: like a crash, no shutdown checkpoint)
+        and start it again on the same port."""
+        assert self.root is not None
+        self.pg_ctl("-m", "immediate", "stop")
+        self.start_again()
+
+    def start_again(self) -> None:
+        assert self.root is not None
+        self.pg_ctl("-l", str(self.root / "server.log"),
+                    "-o", f"-p {self.port} -k {self.root} -h 127.0.0.1", "start")  # fmt: skip
+
     def stop(self) -> None:
         if self.root is None:
             return

@@ -26,10 +26,11 @@ from engine.host.audit import (
     DecisionLog,
     DecisionNotFound,
     canonical,
+    open_log,
 )
 from engine.host.cli import main
 from engine.host.scenarios import Scenario
-from engine.host.store import open_store
+from engine.host.store import StoreError, open_store
 
 EXAMPLE = REPO / "examples" / "crs-patient.json"
 PATIENT = {"id": "pt", "type": "patient", "time": "2025-05-05T08:00:00Z", "age_y": 61}
@@ -525,3 +526,169 @@ def test_the_service_records_an_evaluation_on_request_and_it_replays_identically
             assert canonical(replay.replayed) == canonical(body)
     finally:
         opened.close()
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_verify_names_a_record_whose_recorded_at_column_was_edited(
+    log: DecisionLog, target: str, cds: engine.Engine, small: Any
+) -> None:
+    decisions = fill(log, cds, small, 5)
+    attack(target, "UPDATE decisions SET recorded_at = '2020-01-01T00:00:00Z' WHERE seq = 3")
+    assert problem_of(log) == (
+        f"record 3 (id {decisions[2].id}): its columns do not match its hashed content "
+        f"(recorded_at {decisions[2].recorded_at!r} in the content): its recorded_at column "
+        "was edited"
+    )
+
+
+def test_the_read_only_log_refuses_every_write(target: str, cds: engine.Engine, small: Any) -> None:
+    store = open_store(target)
+    fill(DecisionLog(store), cds, small, 2)
+    store.close()
+    with open_log(target) as log:
+        assert log.verify().ok
+        with pytest.raises((AuditError, StoreError)):
+            fill(log, cds, small, 1)
+    with open_log(target) as log:
+        assert log.verify().records == 2
+
+
+def test_audit_verify_never_writes_the_sqlite_file(
+    tmp_path: Path, cds: engine.Engine, small: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.sqlite"
+    store = open_store(str(path))
+    fill(DecisionLog(store), cds, small, 3)
+    store.close()
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    assert main(["audit", "verify", "--store", str(path)]) == 0
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+    assert capsys.readouterr().out.startswith("ok: 3 records")
+
+
+def test_an_empty_log_file_is_refused_by_name_and_left_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "audit.sqlite"
+    path.write_bytes(b"")
+    assert main(["audit", "verify", "--store", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "is an empty file (0 bytes): it holds no decision log" in err
+    assert path.stat().st_size == 0
+    assert main(["audit", "verify", "--store", str(tmp_path / "missing.sqlite")]) == 2
+    assert not (tmp_path / "missing.sqlite").exists()
+    assert "no store" in capsys.readouterr().err
+
+
+def test_a_sqlite_file_without_a_log_is_refused_and_not_migrated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    assert main(["audit", "verify", "--store", str(path)]) == 2
+    assert "is not a cart-cds store" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def _keys(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = tmp_path / f"{name}.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))  # fmt: skip
+    public = tmp_path / f"{name}.pub.pem"
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, spki))
+    return private, public
+
+
+def _rewrite_chain_from(target: str, log: DecisionLog, seq: int, patient: str) -> None:
+    """What the documented gap allows: edit record `seq`, re-hash every record after it
+    and set the head, so that the log verifies on its own."""
+    records = list(log.decisions())
+    prev = records[seq - 2].hash if seq > 1 else GENESIS
+    statements = []
+    for record in records[seq - 1 :]:
+        content = dict(record.content)
+        if record.seq == seq:
+            content["patient"] = patient
+        text = canonical(content)
+        new_hash = hashlib.sha256((prev + text).encode()).hexdigest()
+        quoted = text.replace("'", "''")
+        statements.append(
+            f"UPDATE decisions SET content = '{quoted}', patient = '{content['patient']}', "
+            f"prev_hash = '{prev}', hash = '{new_hash}' WHERE seq = {record.seq}"
+        )
+        prev = new_hash
+    statements.append(f"UPDATE decision_head SET last_hash = '{prev}'")
+    attack(target, *statements)
+
+
+def test_a_checkpoint_catches_a_rewritten_chain_that_verifies_on_its_own(
+    log: DecisionLog,
+    target: str,
+    cds: engine.Engine,
+    small: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    private, public = _keys(tmp_path, "audit")
+    fill(log, cds, small, 5)
+    checkpoint = tmp_path / "checkpoint.json"
+    assert main(["audit", "checkpoint", "--store", target, "--key", str(private),
+                 "--out", str(checkpoint)]) == 0  # fmt: skip
+    signed = json.loads(checkpoint.read_text(encoding="utf-8"))
+    assert signed["count"] == 5 and signed["head"] == log.verify().head.hash  # type: ignore[union-attr]
+    fill(log, cds, small, 2)  # the log grows: it still extends the checkpoint
+    verify = ["audit", "verify", "--store", target, "--checkpoint", str(checkpoint)]
+    assert main([*verify, "--public-key", str(public)]) == 0
+    capsys.readouterr()
+
+    _rewrite_chain_from(target, log, 3, "someone-else")
+    assert log.verify().ok  # the gap: on its own, the rewritten log verifies
+    assert main(verify) == 1
+    out = capsys.readouterr().out
+    assert "record 5 (id " in out and "the chain was rewritten" in out
+
+
+def test_a_checkpoint_catches_a_truncation_with_the_head_rewritten(
+    log: DecisionLog, target: str, cds: engine.Engine, small: Any, tmp_path: Path
+) -> None:
+    from engine.host.audit import load_signing_key, sign_checkpoint
+
+    private, _ = _keys(tmp_path, "audit")
+    decisions = fill(log, cds, small, 6)
+    checkpoint = sign_checkpoint(log, load_signing_key(str(private)))
+    attack(target, "DELETE FROM decisions WHERE seq > 4",
+           f"UPDATE decision_head SET count = 4, last_hash = '{decisions[3].hash}'")  # fmt: skip
+    assert log.verify().ok
+    result = log.verify(checkpoint)
+    assert not result.ok
+    assert "fewer than the 6 of the checkpoint" in str(result.problem)
+
+
+def test_an_altered_or_foreign_checkpoint_is_refused(
+    log: DecisionLog, cds: engine.Engine, small: Any, tmp_path: Path
+) -> None:
+    from engine.host.audit import Checkpoint, load_public_key, load_signing_key, sign_checkpoint
+
+    private, _ = _keys(tmp_path, "audit")
+    _, other_public = _keys(tmp_path, "other")
+    fill(log, cds, small, 3)
+    checkpoint = sign_checkpoint(log, load_signing_key(str(private)))
+    assert log.verify(checkpoint).ok
+    altered = Checkpoint.from_dict({**checkpoint.as_dict(), "count": 2})
+    assert "signature does not verify" in str(log.verify(altered).problem)
+    foreign = log.verify(checkpoint, trusted_key=load_public_key(str(other_public)))
+    assert "not by the trusted public key" in str(foreign.problem)
+    with pytest.raises(AuditError, match="no signing key"):
+        load_signing_key(None)

@@ -3,6 +3,7 @@ newcomer's path, `engine.host.cli.main` in-process for the rest)."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -105,6 +106,7 @@ def test_evaluate_reads_ndjson_from_stdin(
 class _Stdin:
     def __init__(self, text: str) -> None:
         self.text = text
+        self.buffer = io.BytesIO(text.encode("utf-8"))
 
     def read(self) -> str:
         return self.text

@@ -538,8 +538,9 @@ def test_nan_and_duplicate_keys_are_not_json() -> None:
         load_facts_text('[{"value": 1, "value": 2}]')
 
 
-def test_empty_text_holds_no_facts() -> None:
-    assert load_facts_text("\n \n") == []
+def test_empty_text_is_refused_as_a_whole() -> None:
+    with pytest.raises(FactError, match="empty body"):
+        load_facts_text("\n \n")
 
 
 # --------------------------------------------------------------------------- supersession

@@ -1244,6 +1244,21 @@ def test_cli_evaluate_of_the_crs_bundle_grades_crs_3_and_prints_nothing_on_stder
     assert json.loads(out)["findings"]["crs"]["grade"] == 3
 
 
+def test_cli_reads_a_single_fact_object_as_one_fact_as_the_service_does(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    single = tmp_path / "one.json"
+    single.write_text('{\n  "type": "patient", "time": "2025-05-05", "age_y": 60\n}\n')
+    code, out, _ = run(capsys, "evaluate", str(single))
+    assert code == 0
+    assert json.loads(out)["input_problems"] == []
+    broken = tmp_path / "broken.json"
+    broken.write_text('{\n  "type": "patient",\n')
+    code, _, err = run(capsys, "evaluate", str(broken))
+    assert code == 2
+    assert "invalid JSON" in err
+
+
 # --------------------------------------------------------------------------- the mapping file
 
 

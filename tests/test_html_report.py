@@ -215,3 +215,30 @@ def test_the_report_renders_in_headless_chromium_without_errors_or_network(
     withdrawn = browser.find_element(By.ID, "withdrawals").text
     assert "ICU_ADMISSION" in withdrawn
     assert "grade 2" in withdrawn
+
+
+def test_the_csp_has_no_unsafe_source_and_stops_a_script_that_got_into_the_page(
+    browser: Any, report: str, tmp_path: Path
+) -> None:
+    """The chart runs under hashes alone; a script or event handler that escaping ever let
+    through would be refused by the browser (and say so in the console)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    policy = report.split('http-equiv="Content-Security-Policy" content="', 1)[1].split('"')[0]
+    assert "'unsafe-inline'" not in policy and "'unsafe-eval'" not in policy
+    assert "script-src 'sha256-" in policy
+    injected = report.replace(
+        "<h2>Course</h2>",
+        "<h2>Course</h2><script>document.title = 'pwned'</script>"
+        "<img src=x onerror=\"document.title = 'pwned too'\">",
+        1,
+    )
+    page = tmp_path / "injected.html"
+    page.write_text(injected, encoding="utf-8")
+    browser.get(page.as_uri())
+    traces = "return document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length"
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(traces) > 0)
+    assert "pwned" not in browser.title
+    refused = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert any("Content Security Policy" in m for m in refused), refused
+    assert all("unsafe-eval" not in m for m in refused), refused

@@ -14,6 +14,8 @@ Each directory under `tests/cases/valid_rules/` must load cleanly.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -42,13 +44,28 @@ def _invalid_params() -> list[object]:
     return params
 
 
+CASE_FILES = ("expected.txt", "overrides.json", "xfail.txt")  # beside, not in, the rules
+
+
+def _rules_of(case: Path) -> Path:
+    """The case's rules directory: its files but the case's own (a rules directory holds
+    rule files only), copied to a temporary directory of the same name."""
+    base = Path(tempfile.mkdtemp(prefix="cart-cds-case-")) / case.name
+    shutil.copytree(case, base, ignore=lambda _dir, names: [n for n in names if n in CASE_FILES])
+    return base
+
+
 def _problems(case: Path) -> list[str]:
     overrides_file = case / "overrides.json"
     overrides = (
         json.loads(overrides_file.read_text(encoding="utf-8")) if overrides_file.exists() else None
     )
-    with pytest.raises(RuleSetError) as caught:
-        engine.load_rules(case, policy=overrides)
+    rules = _rules_of(case)
+    try:
+        with pytest.raises(RuleSetError) as caught:
+            engine.load_rules(rules, policy=overrides)
+    finally:
+        shutil.rmtree(rules.parent)
     return [str(p) for p in caught.value.problems]
 
 

@@ -262,7 +262,7 @@ def test_a_tocilizumab_order_6_h_after_the_last_dose_gets_a_critical_card(api: A
     assert card["suggestions"][0]["actions"][0] == {
         "type": "delete",
         "description": "Remove the draft tocilizumab order the dose guard refuses",
-        "resourceId": ["MedicationRequest/mr-1"],
+        "resourceId": "MedicationRequest/mr-1",
     }
     assert "server's clock" not in card["detail"]
 

@@ -22,6 +22,7 @@ from engine.host.store import (
     SqlStore,
     StoredFact,
     StoreError,
+    StoreUnavailable,
     open_store,
 )
 from engine.runtime.facts import Fact, normalise
@@ -313,13 +314,117 @@ def test_a_killed_service_loses_no_acknowledged_fact_on_sqlite(
         service.kill()
 
 
-@pytest.mark.slow
-def test_a_killed_service_loses_no_acknowledged_fact_on_postgresql(
-    tmp_path: Path, cds: engine.Engine, pg: Postgres
+# On PostgreSQL: test_killed_writers_and_a_restarted_postgresql_lose_no_acknowledged_...
+# below (writer kills and a server restart, facts and decisions).
+
+
+# --------------------------------------------------------------------------- PostgreSQL away
+
+KILLS = 2  # writer kills in one run (each restart of the service costs a few seconds)
+
+
+def test_a_store_waits_for_a_restarting_postgresql_and_names_one_that_stays_away(
+    pg: Postgres,
 ) -> None:
-    service = Service(store=pg.new_database(), workdir=tmp_path, insecure_dev=True)
-    service.start()
+    store = open_store(pg.new_database(), retry_for=1.0)
     try:
-        _kill_while_appending(service, cds)
+        store.append("p1", [stored(temp("t1", "2025-03-01T08:00:00Z", 37.0))])
+        pg.restart()  # every pooled connection is now broken
+        assert store.revision("p1").count == 1  # reconnected, no error
+        pg.pg_ctl("-m", "immediate", "stop")
+        try:
+            with pytest.raises(StoreUnavailable, match=r"did not answer after \d+ attempt"):
+                store.revision("p1")
+        finally:
+            pg.start_again()
+        assert store.revision("p1").count == 1
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+def test_killed_writers_and_a_restarted_postgresql_lose_no_acknowledged_fact_or_decision(
+    tmp_path: Path, pg: Postgres
+) -> None:
+    """A writer appends fact batches and records decisions; the service is SIGKILLed
+    `KILLS` times and the PostgreSQL server is restarted (immediate stop) once, all
+    mid-stream. Every acknowledged fact and decision is in the store afterwards, every
+    batch is all or nothing, and the decision log verifies."""
+    from engine.host.audit import open_log
+
+    server = pg  # the module's server: restarted mid-stream, running again at the end
+    target = server.new_database()
+    service = Service(store=target, workdir=tmp_path, insecure_dev=True)
+    service.start()
+    patient = "pgk-1"
+    history = crs_history(patient, days=12)
+    batches = [history[i : i + 3] for i in range(0, len(history), 3)]
+    acked: list[str] = []
+    decisions: list[str] = []
+    refused = 0
+    stop = threading.Event()
+
+    def writer() -> None:
+        nonlocal refused
+        index = 0
+        with httpx.Client(timeout=30.0) as client:
+            while index < len(batches) and not stop.is_set():
+                base = service.base_url
+                try:
+                    r = client.post(f"{base}/patients/{patient}/facts", json=batches[index])
+                    if r.status_code == 200:
+                        acked.extend(f["id"] for f in batches[index])
+                        index += 1
+                        if index % 3 == 0:
+                            d = client.get(f"{base}/patients/{patient}/evaluation",
+                                           params={"record": "true"})  # fmt: skip
+                            if d.status_code == 200:
+                                decisions.append(d.json()["decision_id"])
+                    else:
+                        assert r.status_code == 503, r.text  # the store was away
+                        refused += 1
+                except httpx.HTTPError:
+                    refused += 1
+                    stop.wait(0.2)
+
+    def progress(more: int) -> None:
+        goal = len(acked) + more
+        for _ in range(600):
+            if len(acked) >= goal or stop.is_set():
+                return
+            stop.wait(0.1)
+        raise AssertionError("the writer made no progress")
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for kill in range(KILLS):
+            progress(6)
+            service.kill()
+            service.start()
+            if kill == 0:
+                progress(3)
+                server.restart()
+        progress(3)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert len(acked) < len(history) or KILLS == 0
+    try:
+        with service.client() as client:
+            facts = client.get(f"/patients/{patient}/facts").json()["facts"]
     finally:
         service.kill()
+    ids = {f["id"] for f in facts}
+    assert set(acked) <= ids
+    for batch in batches:
+        batch_ids = {f["id"] for f in batch}
+        assert batch_ids <= ids or not batch_ids & ids
+    with open_log(target) as log:
+        result = log.verify()
+        recorded = {d.id for d in log.decisions()}
+    assert result.ok, result.text()
+    assert set(decisions) <= recorded
+    print(f"PostgreSQL: {KILLS} kills, 1 server restart: {len(acked)} facts and "
+          f"{len(decisions)} decisions acknowledged, 0 lost; {refused} calls refused "
+          "while the store or the service was away")  # fmt: skip

@@ -433,11 +433,13 @@ def test_the_digest_changes_when_a_rule_file_changes(tmp_path: Path) -> None:
     assert compiled(directory).digest != before
 
 
-def test_the_digest_ignores_files_that_are_not_rule_files(tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_rule_file_is_reported_not_silently_left_out(
+    tmp_path: Path,
+) -> None:
     directory = write_rules(tmp_path, rule("crs.x", FEVER))
-    before = digest_of(directory)
     (directory / "notes.txt").write_text("not a rule file\n", encoding="utf-8")
-    assert digest_of(directory) == before
+    with pytest.raises(RuleSetError, match=r"notes\.txt: unexpected file in the rules directory"):
+        digest_of(directory)
 
 
 # --------------------------------------------------------------------------- counting

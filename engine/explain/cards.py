@@ -7,6 +7,13 @@ ICANS grade, eligibility) become cards too. For the order hooks, the dose guard'
 decision on each draft order becomes a card: `critical` with the reasons when it blocks,
 `info` when the order is within every limit.
 
+Card text is data, not markup: everything that comes from the input (fact ids, reasons
+quoting input values, FHIR ids, order references, finding details) reaches a card's
+markdown `detail` through `md_text` (markdown punctuation backslash-escaped, `<`, `>` and
+`&` as entities, line breaks as spaces) or `md_code` (a code span whose fence is longer
+than any backtick run inside). Only the rule files' own texts are markdown. The `summary`
+(plain text) holds no input.
+
 Card and suggestion uuids are uuid5 over the rule id and version, the code and the ids of
 the facts the conclusion rests on: the same evaluation gives the same uuids, so feedback
 on a card can be joined back to the rule version that produced it.
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +46,10 @@ __all__ = [
     "Suggestion",
     "SuggestionAction",
     "draft_orders",
+    "known_override_reason",
+    "md_code",
+    "md_text",
+    "offered_suggestions",
 ]
 
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cart-cds.example/cds-hooks/cards")
@@ -89,7 +101,9 @@ class SuggestionAction(BaseModel):
     type: Literal["create", "update", "delete"]
     description: str
     resource: dict[str, Any] | None = None
-    resourceId: list[str] | None = None
+    resourceId: str | None = Field(
+        default=None, description="The resource a delete removes, e.g. 'MedicationRequest/1'."
+    )
 
 
 class Suggestion(BaseModel):
@@ -243,8 +257,8 @@ def _drug(resource: Mapping[str, Any]) -> str | None:
 
 
 def _dose(resource: Mapping[str, Any]) -> tuple[float, str] | None:
-    for dosage in resource.get("dosageInstruction") or []:
-        for rate in (dosage.get("doseAndRate") or []) if isinstance(dosage, Mapping) else []:
+    for dosage in _listed(resource.get("dosageInstruction")):
+        for rate in _listed(dosage.get("doseAndRate")):  # a list, or one object as some send
             quantity = rate.get("doseQuantity") if isinstance(rate, Mapping) else None
             if not isinstance(quantity, Mapping):
                 continue
@@ -266,6 +280,26 @@ def _canonical(value: object) -> str:
 def card_uuid(kind: str, rule: str, version: int, code: str, because: Sequence[str]) -> str:
     """Deterministic: the same rule version, code and supporting facts give the same uuid."""
     return str(uuid.uuid5(NAMESPACE, _canonical([kind, rule, version, code, sorted(because)])))
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:])")
+_BACKTICKS = re.compile(r"`+")
+
+
+def md_text(value: object) -> str:
+    """`value` as inert CommonMark/GFM text: no tag, link, emphasis or list can come of it."""
+    text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def md_code(value: object) -> str:
+    """`value` as a code span (shown literally), fenced past any backticks it holds."""
+    text = " ".join(str(value).split())
+    longest = max((len(m.group(0)) for m in _BACKTICKS.finditer(text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _summary(text: str) -> str:
@@ -382,10 +416,10 @@ class CardMaker:
         }
         lines = [
             *self._provenance(rule_id),
-            f"Since {item.get('since')}; rests on facts: {_ids(because)}.",
+            f"Since {md_text(item.get('since'))}; rests on facts: {_ids(because)}.",
         ]
         if details:
-            lines.append("Details: " + "; ".join(f"{k} {_number(v)}" for k, v in details.items()))
+            lines.append("Details: " + _details(details))
         card = Card(
             uuid=card_uuid("finding", rule_id, self._version(rule_id), code, because),
             summary=_summary(summary),
@@ -406,10 +440,10 @@ class CardMaker:
         lines = [
             f"Action `{code}`: {meaning}.",
             *self._provenance(rule_id),
-            f"Since {rec.get('since')}; rests on facts: {_ids(because)}.",
+            f"Since {md_text(rec.get('since'))}; rests on facts: {_ids(because)}.",
         ]
         if details:
-            lines.append("Details: " + "; ".join(f"{k} {_number(v)}" for k, v in details.items()))
+            lines.append("Details: " + _details(details))
         uid = card_uuid("recommendation", rule_id, int(rec.get("rule_version", 0)), code, because)
         suggest = _SUGGESTIONS.get(code)
         suggestions = suggest(uid, details, patient) if suggest is not None else []
@@ -442,7 +476,9 @@ class CardMaker:
             facts = sorted({str(p.get("fact")) for p in errors})
             keys = [f"fact:{p.get('fact')}:{p.get('code')}" for p in errors]
             lines = [
-                f"- fact `{p.get('fact')}` ({p.get('code')}): {p.get('message')}" for p in errors
+                f"- fact {md_code(str(p.get('fact')))} ({md_text(p.get('code'))}): "
+                f"{md_text(p.get('message'))}"
+                for p in errors
             ]
             card = Card(
                 uuid=card_uuid("unused", "cart-cds.input", 1, "INPUT_NOT_USED", keys),
@@ -506,7 +542,7 @@ class CardMaker:
         return out
 
     def _order_notes(self, order: DraftOrder) -> list[str]:
-        notes = [f"Order `{order.reference}` checked as of {order.fact['time']}."]
+        notes = [f"Order {md_code(order.reference)} checked as of {md_text(order.fact['time'])}."]
         if order.server_time:
             notes.append(
                 "**Order time taken from the server's clock**: the MedicationRequest has no "
@@ -535,10 +571,11 @@ class CardMaker:
         lines = [
             "The dose guard refuses this order:",
             "\n".join(
-                f"- `{b.get('reason')}`: {_reason_text(b, policy)} (rule `{b.get('rule')}`)"
+                f"- {md_code(b.get('reason'))}: {md_text(_reason_text(b, policy))} "
+                f"(rule {md_code(b.get('rule'))})"
                 for b in reasons
             )
-            or "\n".join(f"- `{c}`" for c in codes),
+            or "\n".join(f"- {md_code(c)}" for c in codes),
             *self._order_notes(order),
             *self._provenance(rule_id),
             f"Rests on facts: {_ids(because)}.",
@@ -558,13 +595,13 @@ class CardMaker:
             suggestions=[
                 Suggestion(
                     label="Remove this tocilizumab order",
-                    uuid=str(uuid.uuid5(NAMESPACE, f"{uid}/remove")),
+                    uuid=suggestion_uuid(uid, "remove"),
                     isRecommended=True,
                     actions=[
                         SuggestionAction(
                             type="delete",
                             description="Remove the draft tocilizumab order the dose guard refuses",
-                            resourceId=[order.reference],
+                            resourceId=order.reference,
                         )
                     ],
                 )
@@ -606,14 +643,38 @@ class CardMaker:
         return self._issued(card, "order", "GIVE", rule_id, because, service, patient)
 
 
+def suggestion_uuid(card: str, kind: str) -> str:
+    """The uuid of a card's suggestion: derived from the card's, so feedback naming an
+    accepted suggestion can be checked against the card without storing suggestions."""
+    return str(uuid.uuid5(NAMESPACE, f"{card}/{kind}"))
+
+
+def offered_suggestions(issued: IssuedCard) -> frozenset[str]:
+    """The uuids of the suggestions an issued card can have carried (by its kind and code)."""
+    if issued.kind == "order" and issued.code == "BLOCK":
+        return frozenset({suggestion_uuid(issued.uuid, "remove")})
+    if issued.kind == "recommendation" and issued.code in _SUGGESTIONS:
+        return frozenset({suggestion_uuid(issued.uuid, "order-tocilizumab")})
+    return frozenset()
+
+
+def known_override_reason(system: str | None, code: str | None) -> bool:
+    """True for one of the override reasons the cards offer (`OVERRIDE_REASONS`)."""
+    return any((c.system, c.code) == (system, code) for c in OVERRIDE_REASONS)
+
+
 def _listed(value: object) -> list[Mapping[str, Any]]:
     if isinstance(value, list):
         return [v for v in value if isinstance(v, Mapping)]
     return [value] if isinstance(value, Mapping) else []
 
 
+def _details(details: Mapping[str, Any]) -> str:
+    return "; ".join(f"{md_text(k)} {md_text(_number(v))}" for k, v in details.items())
+
+
 def _ids(ids: Sequence[str]) -> str:
-    shown = [f"`{i}`" for i in ids[:20]]
+    shown = [md_code(i) for i in ids[:20]]
     if len(ids) > 20:
         shown.append(f"and {len(ids) - 20} more")
     return ", ".join(shown) if shown else "none"
@@ -715,7 +776,7 @@ def _tocilizumab_suggestion(
     return [
         Suggestion(
             label=f"Order tocilizumab {shown} mg IV over 1 h",
-            uuid=str(uuid.uuid5(NAMESPACE, f"{card}/order-tocilizumab")),
+            uuid=suggestion_uuid(card, "order-tocilizumab"),
             isRecommended=True,
             actions=[
                 SuggestionAction(

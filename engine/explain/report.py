@@ -6,9 +6,11 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from engine.runtime.jsontext import dumps
+
 
 def to_json(value: object) -> str:
-    return json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False)
+    return dumps(value, indent=2)
 
 
 def _value(v: object) -> str:

@@ -44,8 +44,10 @@ from engine.explain.report import (
 )
 from engine.host.store import SqlStore, StoreError, open_store
 from engine.language.ruleset import RuleSet, Scalar
-from engine.language.validate import digest_of_sources
+from engine.language.validate import RULE_SUFFIXES, digest_of_sources
 from engine.runtime.api import Engine, load_rules
+from engine.runtime.jsontext import dumps
+from engine.runtime.reading import DEFAULT_LIMITS
 
 __all__ = [
     "DEFAULT_STORE",
@@ -54,10 +56,12 @@ __all__ = [
     "STORE_ENV",
     "AuditError",
     "Break",
+    "Checkpoint",
     "Decision",
     "DecisionLog",
     "DecisionNotFound",
     "Differences",
+    "EmptyLog",
     "FieldChange",
     "Head",
     "RecommendationChange",
@@ -86,14 +90,17 @@ class DecisionNotFound(AuditError):
     """No record with that id (or sequence number)."""
 
 
+class EmptyLog(AuditError):
+    """A store that holds no decision log: an empty (0-byte) file, or no log tables."""
+
+
 # --------------------------------------------------------------------------- records
 
 
 def canonical(value: object) -> str:
-    """Canonical JSON: sorted keys, no spaces, UTF-8 text kept, no NaN or infinity."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    """Canonical JSON: sorted keys, no spaces, UTF-8 text kept; a lone surrogate written
+    as its escape, an infinite number as 1e999 (engine.runtime.jsontext)."""
+    return dumps(value, canonical=True)
 
 
 def record_hash(prev_hash: str, content: str) -> str:
@@ -282,7 +289,7 @@ class Verification:
 
 # --------------------------------------------------------------------------- the log
 
-_COLUMNS = "seq, id, patient, ruleset_digest, content, prev_hash, hash"
+_COLUMNS = "seq, id, patient, ruleset_digest, content, prev_hash, hash, recorded_at"
 
 
 class DecisionLog:
@@ -321,7 +328,13 @@ class DecisionLog:
         patient: str | None = None,
     ) -> Decision:
         """Append an evaluation made by `ruleset` from `facts` (at `as_of`, for
-        `patient`, as passed to `Engine.evaluate`); returns after the commit."""
+        `patient`, as passed to `Engine.evaluate`); returns after the commit. At most
+        `max_facts` facts (engine.runtime.reading.Limits), as for any facts body."""
+        if len(facts) > DEFAULT_LIMITS.max_facts:
+            raise AuditError(
+                f"{len(facts)} facts are over the limit of {DEFAULT_LIMITS.max_facts} "
+                "per decision (docs/limits.md); nothing recorded"
+            )
         files = _ruleset_files(ruleset)
         content: dict[str, Any] = {
             "format": FORMAT,
@@ -374,7 +387,7 @@ class DecisionLog:
                     (ruleset.digest, ruleset.name, ruleset.version, canonical(files), _now()),
                 )
             run(
-                f"INSERT INTO decisions ({_COLUMNS}, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO decisions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     seq,
                     decision_id,
@@ -457,10 +470,22 @@ class DecisionLog:
 
     # -- verifying ------------------------------------------------------------------------
 
-    def verify(self) -> Verification:
+    def verify(
+        self, checkpoint: Checkpoint | None = None, *, trusted_key: Any = None
+    ) -> Verification:
         """Walk the chain from record 1: each record's hash over its content, its columns
         against its content, its link to the record before, then the head (count and last
-        hash) and the stored rule sets. Stops at the first problem."""
+        hash) and the stored rule sets; with a `checkpoint`, that the log still extends
+        it (signed by `trusted_key` when given). Stops at the first problem."""
+        result = self._verify_chain()
+        if checkpoint is None or not result.ok:
+            return result
+        problem = checkpoint_problem(self, checkpoint, trusted_key)
+        if problem is None:
+            return result
+        return Verification(result.records, result.head, result.rulesets, problem)
+
+    def _verify_chain(self) -> Verification:
         prev, last = GENESIS, 0
         digests: dict[str, int] = {}  # rule set digest -> first record using it
         head: Head | None = None
@@ -556,7 +581,7 @@ class DecisionLog:
             base = Path(tmp) / directory  # the same name: the trace's file:line stay equal
             base.mkdir()
             for name, text in files.items():
-                if PurePosixPath(name).name != name or not name.endswith(".yaml"):
+                if PurePosixPath(name).name != name or not name.endswith(RULE_SUFFIXES):
                     raise AuditError(f"rule set {digest[:12]}: bad file name {name!r}")
                 (base / name).write_bytes(text.encode("utf-8"))
             engine = load_rules(base, policy=overrides, include_drafts=drafts)
@@ -585,6 +610,161 @@ class DecisionLog:
         )
 
 
+# --------------------------------------------------------------------------- checkpoints
+
+CHECKPOINT_FORMAT = "cart-cds-checkpoint/1"
+KEY_ENV = "CART_CDS_AUDIT_KEY"  # the Ed25519 private key file of `audit checkpoint`
+PUBLIC_KEY_ENV = "CART_CDS_AUDIT_PUBLIC_KEY"  # the trusted public key of `verify --checkpoint`
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A signed head of the log, to be kept outside it (Certificate Transparency's signed
+    tree head): the record count, the hash of record `count`, when it was signed, and an
+    Ed25519 signature over those by the key `key_id` names. A later log still extends it
+    when record `count` has the same hash (and the chain up to it verifies)."""
+
+    count: int
+    head: str
+    time: str
+    key_id: str  # sha256 (hex, 16 digits) of the raw public key
+    public_key: str  # the raw public key, base64
+    signature: str = ""  # base64
+
+    def signed(self) -> bytes:
+        """The bytes the signature is over: canonical JSON of everything else."""
+        body = {"format": CHECKPOINT_FORMAT, "count": self.count, "head": self.head,
+                "time": self.time, "key_id": self.key_id}  # fmt: skip
+        return canonical(body).encode("utf-8")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "count": self.count, "head": self.head,
+                "time": self.time, "key_id": self.key_id, "public_key": self.public_key,
+                "signature": self.signature}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: object) -> Checkpoint:
+        if not isinstance(data, Mapping) or data.get("format") != CHECKPOINT_FORMAT:
+            raise AuditError(f"not a checkpoint: expected a JSON object of {CHECKPOINT_FORMAT!r}")
+        try:
+            fields = ("head", "time", "key_id", "public_key", "signature")
+            made = cls(int(data["count"]), *(str(data[name]) for name in fields))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AuditError(f"checkpoint: missing or bad field ({exc})") from None
+        if made.count < 0 or len(made.head) != 64:
+            raise AuditError("checkpoint: bad count or head hash")
+        return made
+
+
+def load_signing_key(path: str | None) -> Any:
+    """The Ed25519 private key (PEM, PKCS#8) of `path`, else of $CART_CDS_AUDIT_KEY."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    source = path or os.environ.get(KEY_ENV)
+    if not source:
+        raise AuditError(f"no signing key: give --key FILE or set {KEY_ENV}")
+    try:
+        key = load_pem_private_key(Path(source).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise AuditError(f"cannot read the signing key {source!r}: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise AuditError(
+            f"signing key {source!r} is not an Ed25519 key "
+            "(make one: openssl genpkey -algorithm ed25519 -out audit-key.pem)"
+        )
+    return key
+
+
+def load_public_key(path: str | None) -> Any:
+    """A trusted Ed25519 public key (PEM) of `path`, else of $CART_CDS_AUDIT_PUBLIC_KEY,
+    else None (the checkpoint's own key is then used: it proves integrity, not origin)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    source = path or os.environ.get(PUBLIC_KEY_ENV)
+    if not source:
+        return None
+    try:
+        key = load_pem_public_key(Path(source).read_bytes())
+    except (OSError, ValueError, TypeError) as exc:
+        raise AuditError(f"cannot read the public key {source!r}: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise AuditError(f"public key {source!r} is not an Ed25519 key")
+    return key
+
+
+def _raw_public(key: Any) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    raw: bytes = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return raw
+
+
+def sign_checkpoint(log: DecisionLog, key: Any, *, now: str | None = None) -> Checkpoint:
+    """A signed checkpoint of the log's head; refused for a log that does not verify."""
+    import base64
+
+    checked = log.verify()
+    if not checked.ok or checked.head is None:
+        raise AuditError(f"the log does not verify, no checkpoint signed: {checked.problem}")
+    public = _raw_public(key.public_key())
+    unsigned = Checkpoint(
+        checked.head.count,
+        checked.head.hash,
+        now or _now(),
+        hashlib.sha256(public).hexdigest()[:16],
+        base64.b64encode(public).decode("ascii"),
+    )
+    signature = base64.b64encode(key.sign(unsigned.signed())).decode("ascii")
+    return Checkpoint(**{**unsigned.__dict__, "signature": signature})
+
+
+def checkpoint_problem(log: DecisionLog, checkpoint: Checkpoint, trusted: Any) -> Break | None:
+    """None when the signature verifies and the log still extends the checkpoint (record
+    `count` has the checkpoint's head hash), else what is wrong."""
+    import base64
+    import binascii
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        public = base64.b64decode(checkpoint.public_key, validate=True)
+        signature = base64.b64decode(checkpoint.signature, validate=True)
+        key = Ed25519PublicKey.from_public_bytes(public)
+    except (binascii.Error, ValueError):
+        return Break("checkpoint: its public key or signature is not valid base64 Ed25519")
+    if trusted is not None and _raw_public(trusted) != public:
+        return Break(
+            f"checkpoint: signed by key {checkpoint.key_id}, not by the trusted public key"
+        )
+    if hashlib.sha256(public).hexdigest()[:16] != checkpoint.key_id:
+        return Break("checkpoint: its key_id does not name its public key")
+    try:
+        key.verify(signature, checkpoint.signed())
+    except InvalidSignature:
+        return Break("checkpoint: the signature does not verify (the checkpoint was altered)")
+    if checkpoint.count == 0:
+        return None
+    head = log.head()
+    if head is None or head.count < checkpoint.count:
+        have = 0 if head is None else head.count
+        return Break(
+            f"the log has {have} records, fewer than the {checkpoint.count} of the checkpoint "
+            f"of {checkpoint.time}: records were removed"
+        )
+    record = log.get(str(checkpoint.count))
+    if record.hash != checkpoint.head:
+        return Break(
+            f"record {checkpoint.count} has hash {record.hash}, the checkpoint of "
+            f"{checkpoint.time} says {checkpoint.head}: the chain was rewritten",
+            record.seq,
+            record.id,
+        )
+    return None
+
+
 def store_target(store: str | None = None) -> str:
     """The store to use: `store`, else $CART_CDS_STORE, else ./cart-cds.sqlite."""
     return store or os.environ.get(STORE_ENV) or DEFAULT_STORE
@@ -592,13 +772,25 @@ def store_target(store: str | None = None) -> str:
 
 @contextmanager
 def open_log(store: str | None = None, *, create: bool = False) -> Iterator[DecisionLog]:
-    """The decision log of a store (see `store_target`), closed on exit. Unless `create`,
-    a SQLite file that does not exist is an error rather than a new, empty log."""
+    """The decision log of a store (see `store_target`), closed on exit. With `create`
+    (recording), a SQLite file that does not exist is created and the schema migrated.
+    Without it (verify, show, list, replay), the store is opened read-only and never
+    written: a missing store is a `StoreError`, an empty (0-byte) file or a store without
+    a decision log an `EmptyLog`."""
     target = store_target(store)
-    if not create and "://" not in target and target != ":memory:" and not Path(target).exists():
-        raise StoreError(f"no store {target!r} (give --store PATH_OR_URL or set {STORE_ENV})")
-    opened = open_store(target)
+    if not create and "://" not in target and target != ":memory:":
+        path = Path(target)
+        if not path.exists():
+            raise StoreError(f"no store {target!r} (give --store PATH_OR_URL or set {STORE_ENV})")
+        if path.is_file() and path.stat().st_size == 0:
+            raise EmptyLog(
+                f"store {target!r} is an empty file (0 bytes): it holds no decision log "
+                "(was it truncated? restore it from a copy)"
+            )
+    opened = open_store(target, read_only=not create)
     try:
+        if not create and opened.schema_version < 2:
+            raise EmptyLog(f"store {target!r} holds no decision log (nothing was recorded in it)")
         yield DecisionLog(opened)
     finally:
         opened.close()
@@ -609,7 +801,7 @@ def _decision(row: Sequence[Any]) -> Decision:
 
 
 def _check_row(row: Sequence[Any], prev: str, expected: int) -> Break | None:
-    seq, rid, patient, digest, text, prev_hash, stored_hash = row
+    seq, rid, patient, digest, text, prev_hash, stored_hash, recorded_at = row
     seq = int(seq)
     if not isinstance(text, str) or record_hash(str(prev_hash), text) != stored_hash:
         return Break("content does not match its hash", seq, rid)
@@ -620,22 +812,30 @@ def _check_row(row: Sequence[Any], prev: str, expected: int) -> Break | None:
     if not isinstance(content, dict):
         return Break("content is not a JSON object", seq, rid)
     ruleset = content.get("ruleset")
-    columns = {"seq": seq, "id": rid, "patient": patient, "ruleset digest": digest}
+    columns = {
+        "seq": seq,
+        "id": rid,
+        "patient": patient,
+        "ruleset digest": digest,
+        "recorded_at": recorded_at,
+    }
     hashed = {
         "seq": content.get("seq"),
         "id": content.get("id"),
         "patient": content.get("patient"),
         "ruleset digest": ruleset.get("digest") if isinstance(ruleset, dict) else None,
+        "recorded_at": content.get("recorded_at"),
     }
     wrong = [name for name in columns if columns[name] != hashed[name]]
     if wrong:
         said = ", ".join(f"{name} {hashed[name]!r}" for name in wrong)
-        return Break(
-            f"its columns do not match its hashed content ({said} in the content): "
-            "records were swapped or renumbered",
-            seq,
-            rid,
+        why = (
+            "its recorded_at column was edited"
+            if wrong == ["recorded_at"]
+            else "records were swapped or renumbered"
         )
+        return Break(f"its columns do not match its hashed content ({said} in the content): {why}",
+                     seq, rid)  # fmt: skip
     if prev_hash != prev:
         return Break(
             "previous-hash link broken (a record before it was deleted, reordered or "

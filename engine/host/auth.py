@@ -5,9 +5,11 @@ the `Authorization: Bearer` header; the header's `alg` (asymmetric only: RSA, RS
 ECDSA, EdDSA; `none` and every HMAC algorithm refused); the `kid` among the keys of the
 configured JWK Set (a file, or a URL fetched again when an unknown `kid` arrives, at most
 once a minute); the signature; `iss` in the allow-list; `aud` equal to the exact URL
-being called; `exp` (and `iat`, `nbf`) with a small leeway; `jti` not seen before while
-the token is valid (replays refused). A `jku` header is ignored: keys come only from the
-configured set.
+being called; `exp` (and `iat`, `nbf`) with a small leeway, each a JSON number (a
+NumericDate: the string "9999999999" is refused); a lifetime (`exp` - `iat`) of at most
+`max_lifetime` (CDS Hooks: the token should expire within 5 minutes; `cart-cds serve
+--max-token-lifetime`); `jti` not seen before while the token is valid (replays
+refused). A `jku` header is ignored: keys come only from the configured set.
 """
 
 from __future__ import annotations
@@ -24,7 +26,15 @@ from typing import Any
 
 import jwt
 
-__all__ = ["ASYMMETRIC_ALGORITHMS", "AuthError", "Client", "KeySet", "ReplayCache", "Verifier"]
+__all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "MAX_LIFETIME_S",
+    "AuthError",
+    "Client",
+    "KeySet",
+    "ReplayCache",
+    "Verifier",
+]
 
 log = logging.getLogger("cart_cds.auth")
 
@@ -33,6 +43,7 @@ ASYMMETRIC_ALGORITHMS = frozenset(
 )
 REALM = "cart-cds"
 LEEWAY_S = 30.0
+MAX_LIFETIME_S = 300.0  # CDS Hooks 2.0: the JWT should expire within 5 minutes
 REFETCH_AFTER_S = 60.0
 MAX_JWKS_BYTES = 1_000_000
 
@@ -158,9 +169,13 @@ class Verifier:
         *,
         clock: Callable[[], float] = time.time,
         leeway: float = LEEWAY_S,
+        max_lifetime: float = MAX_LIFETIME_S,
     ) -> None:
         if not issuers:
             raise ValueError("at least one allowed issuer is needed")
+        if max_lifetime <= 0:
+            raise ValueError(f"the maximum token lifetime must be positive, got {max_lifetime!r}")
+        self.max_lifetime = max_lifetime
         self.keys = keys
         self.issuers = tuple(issuers)
         self._clock = clock
@@ -234,8 +249,20 @@ class Verifier:
             raise AuthError("token signature does not verify with the client's key") from None
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise AuthError(f"invalid token: {exc}") from None
+        for name in ("exp", "iat", "nbf"):
+            value = claims.get(name)
+            if name in claims and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise AuthError(
+                    f"token {name!r} must be a number of seconds (a NumericDate), got {value!r}"
+                )
         if float(claims["exp"]) + self._leeway < now:  # pragma: no cover - pyjwt checks it
             raise AuthError("token expired ('exp' is in the past)")
+        lifetime = float(claims["exp"]) - float(claims["iat"])
+        if lifetime > self.max_lifetime:
+            raise AuthError(
+                f"token lifetime ('exp' - 'iat') of {lifetime:g} s is over the limit of "
+                f"{self.max_lifetime:g} s: issue tokens that expire within 5 minutes"
+            )
         return claims
 
 

@@ -7,6 +7,7 @@ problems (or a check failed); 2 bad usage or input that cannot be read as facts 
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -18,8 +19,9 @@ from engine.errors import FactError, RuleSetError
 from engine.explain.report import evaluation_text, timeline_text, to_json
 from engine.language.ruleset import Scalar
 from engine.runtime.api import Engine, load_rules
+from engine.runtime.jsontext import printable
 from engine.runtime.problems import InputProblem
-from engine.runtime.reading import load_facts_text
+from engine.runtime.reading import read_facts_file, read_facts_stream
 
 
 def _parse_policy(values: tuple[str, ...]) -> dict[str, Scalar]:
@@ -62,25 +64,19 @@ def _read_facts(path: str) -> list[object]:
 
 
 def _read_input(path: str) -> tuple[list[object], list[InputProblem]]:
-    """The raw facts of a file (or stdin), and the problems a FHIR Bundle's entries had."""
+    """The raw facts of FACTS (a file, or - for standard input): a JSON array, NDJSON or a
+    FHIR R4 Bundle, and the input problems of the Bundle's entries that did not map. A body
+    that cannot be read as facts at all exits 2 with one line (docs/limits.md)."""
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise click.FileError(path, hint=exc.strerror or str(exc)) from exc
-    try:
-        if text.removeprefix("\ufeff").lstrip().startswith("{"):
-            from engine.host.fhir import is_fhir_bundle, read_bundle
+        items = read_facts_stream(sys.stdin.buffer) if path == "-" else read_facts_file(path)
+        if len(items) == 1 and isinstance(items[0], dict) and "resourceType" in items[0]:
+            from engine.host.fhir import read_bundle
 
-            try:
-                doc = json.loads(text.removeprefix("\ufeff"))
-            except json.JSONDecodeError:
-                doc = None  # NDJSON or bad JSON: load_facts_text names the line
-            if is_fhir_bundle(doc):
-                mapped = read_bundle(doc)
-                return [*mapped.facts], list(mapped.problems)
-        return load_facts_text(text), []
+            mapped = read_bundle(items[0])
+            return [*mapped.facts], list(mapped.problems)
+        return items, []
     except FactError as exc:
-        click.echo(f"{path}: {exc}", err=True)
+        click.echo(printable(f"{path}: {exc}").replace("\n", " "), err=True)
         raise SystemExit(2) from exc
 
 
@@ -174,6 +170,7 @@ def evaluate(
     """Evaluate one patient's FACTS (a JSON array or NDJSON file, or - for stdin)."""
     if timeline and as_of is not None:
         raise click.UsageError("--timeline evaluates at every fact time; drop --as-of")
+    raw = _read_facts(facts)  # a body refused as a whole: before the rules are loaded
     engine = _load(rules, policy)
     raw, problems = _read_input(facts)
     result: Any
@@ -261,6 +258,22 @@ def scenario_run(
 @click.option("--insecure-dev", is_flag=True, help="No authentication: development only.")
 @click.option("--cache-size", default=128, type=click.IntRange(0), show_default=True)
 @click.option("--live-sessions", default=16, type=click.IntRange(0), show_default=True)
+@click.option(
+    "--max-token-lifetime",
+    default=300,
+    type=click.IntRange(1),
+    show_default=True,
+    metavar="SECONDS",
+    help="Refuse a client JWT whose exp - iat is longer (CDS Hooks: 5 minutes).",
+)
+@click.option(
+    "--fhir-server",
+    "fhir_servers",
+    multiple=True,
+    metavar="URL",
+    help="A FHIR base URL the service may query when a call has no prefetch "
+    "(repeatable; docs/service.md).",
+)
 def serve(
     host: str,
     port: int,
@@ -273,6 +286,8 @@ def serve(
     insecure_dev: bool,
     cache_size: int,
     live_sessions: int,
+    max_token_lifetime: int,
+    fhir_servers: tuple[str, ...],
 ) -> None:
     """Run the CDS Hooks services and the JSON API over a patient fact store (docs/service.md)."""
     from engine.host.service import run_cli
@@ -281,7 +296,8 @@ def serve(
     raise SystemExit(
         run_cli(engine, store, host=host, port=port, jwks=jwks, issuers=issuers,
                 base_url=base_url, insecure_dev=insecure_dev, cache_size=cache_size,
-                live_sessions=live_sessions)
+                live_sessions=live_sessions, max_token_lifetime=max_token_lifetime,
+                fhir_servers=fhir_servers)
     )  # fmt: skip
 
 
@@ -389,7 +405,8 @@ def explain_command(
             if not steps:
                 raise click.UsageError(f"{facts or decision}: no facts to report")
             try:
-                Path(html_out).write_text(render_html(steps, raw, engine), encoding="utf-8")
+                html = printable(render_html(steps, raw, engine))
+                Path(html_out).write_text(html, encoding="utf-8")
             except OSError as exc:
                 raise click.FileError(html_out, hint=exc.strerror or str(exc)) from exc
             click.echo(f"wrote {html_out}", err=True)
@@ -474,8 +491,8 @@ def audit_record(
     """Evaluate FACTS and append the evaluation to the decision log; prints its id."""
     from engine.host.audit import open_log
 
-    engine = _load(rules, policy)
     raw = _read_facts(facts)
+    engine = _load(rules, policy)
     with open_log(store, create=True) as log:
         try:
             decision, evaluation = log.record(engine, raw, as_of=as_of, patient=patient)
@@ -492,17 +509,79 @@ def audit_record(
 
 @audit.command("verify")
 @AUDIT_STORE_OPTION
+@click.option(
+    "--checkpoint",
+    "checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="A signed checkpoint (audit checkpoint): the log must still extend it.",
+)
+@click.option(
+    "--public-key",
+    "public_key",
+    default=None,
+    metavar="FILE",
+    help="The trusted Ed25519 public key (PEM) the checkpoint must be signed with "
+    "(default: $CART_CDS_AUDIT_PUBLIC_KEY, else the key in the checkpoint).",
+)
 @AUDIT_FORMAT_OPTION
-def audit_verify(store: str | None, fmt: str) -> None:
-    """Check the hash chain, the head and the stored rule sets; exit 1 naming the first
-    bad record. Prints the head hash: compare it with a copy kept elsewhere."""
-    from engine.host.audit import open_log
+def audit_verify(
+    store: str | None, checkpoint: str | None, public_key: str | None, fmt: str
+) -> None:
+    """Check the hash chain, the head and the stored rule sets (and, with --checkpoint,
+    that the log still extends a signed head kept elsewhere); exit 1 naming the first bad
+    record. Opens the store read-only: verifying never writes."""
+    from engine.host.audit import AuditError, Checkpoint, load_public_key, open_log
 
+    witnessed = None
+    if checkpoint is not None:
+        try:
+            witnessed = Checkpoint.from_dict(json.loads(Path(checkpoint).read_text("utf-8")))
+        except (OSError, ValueError) as exc:
+            raise AuditError(f"cannot read the checkpoint {checkpoint!r}: {exc}") from None
+    trusted = load_public_key(public_key)
     with open_log(store) as log:
-        result = log.verify()
+        result = log.verify(witnessed, trusted_key=trusted)
     click.echo(to_json(result.as_dict()) if fmt == "json" else result.text())
     if not result.ok:
         raise SystemExit(1)
+
+
+@audit.command("checkpoint")
+@AUDIT_STORE_OPTION
+@click.option(
+    "--key",
+    "key",
+    default=None,
+    metavar="FILE",
+    help="The Ed25519 private key (PEM) to sign with (default: $CART_CDS_AUDIT_KEY).",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    metavar="FILE",
+    help="Write the checkpoint here (default: standard output).",
+)
+def audit_checkpoint(store: str | None, key: str | None, out: str | None) -> None:
+    """Sign the log's head (record count, head hash, time) after verifying it; keep the
+    checkpoint where the database's writers cannot change it (docs/audit.md)."""
+    from engine.host.audit import load_signing_key, open_log, sign_checkpoint
+
+    signing = load_signing_key(key)
+    with open_log(store) as log:
+        made = sign_checkpoint(log, signing)
+    text = to_json(made.as_dict())
+    if out is None:
+        click.echo(text)
+        return
+    try:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise click.FileError(out, hint=exc.strerror or str(exc)) from exc
+    click.echo(f"checkpoint of {made.count} records, head {made.head}, written to {out}", err=True)
 
 
 @audit.command("replay")
@@ -578,6 +657,9 @@ def audit_list(store: str | None, patient: str | None, fmt: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns the exit code instead of exiting (for tests and embedding)."""
+    for stream in (sys.stdout, sys.stderr):  # a lone surrogate in the input never crashes
+        if isinstance(stream, io.TextIOWrapper):  # the output: written as its escape
+            stream.reconfigure(errors="backslashreplace")
     try:
         cli.main(args=argv, prog_name="cart-cds", standalone_mode=False)
     except click.exceptions.Exit as exc:

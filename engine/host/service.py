@@ -30,6 +30,7 @@ template, status and duration: no bodies, no patient ids, no query strings.
 import hashlib
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -46,14 +47,25 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.errors import EvaluationError, FactError
-from engine.explain.cards import Card, CardMaker, Coding, OrderError, Rendered, SuggestionAction
+from engine.explain.cards import (
+    Card,
+    CardMaker,
+    Coding,
+    IssuedCard,
+    OrderError,
+    Rendered,
+    SuggestionAction,
+    known_override_reason,
+    offered_suggestions,
+)
 from engine.explain.cards import draft_orders as parse_draft_orders
 from engine.host.audit import AuditError, DecisionLog
-from engine.host.auth import AuthError, Client, KeySet, Verifier
+from engine.host.auth import MAX_LIFETIME_S, AuthError, Client, KeySet, Verifier
+from engine.host.fhirfetch import fetch_missing, server_allowed
 from engine.host.store import (
     AppendResult,
     FactStore,
@@ -64,8 +76,9 @@ from engine.host.store import (
 )
 from engine.runtime.api import Engine
 from engine.runtime.facts import Fact, Rejection, Retraction, normalise, parse_time
+from engine.runtime.jsontext import dumps
 from engine.runtime.problems import InputProblem
-from engine.runtime.reading import load_facts_text
+from engine.runtime.reading import DEFAULT_LIMITS, REFUSALS, BodyRefused, Limits, load_facts_bytes
 from engine.runtime.session import Session
 
 __all__ = ["SERVICES", "Settings", "create_app", "serve"]
@@ -73,7 +86,7 @@ __all__ = ["SERVICES", "Settings", "create_app", "serve"]
 log = logging.getLogger("cart_cds.service")
 access_log = logging.getLogger("cart_cds.http")
 
-BODY_LIMIT = 5 * 1024 * 1024
+BODY_LIMIT = DEFAULT_LIMITS.max_bytes
 PATIENT_VIEW = "cart-t-patient-view"
 ORDER_SELECT = "cart-t-order-select"
 ORDER_SIGN = "cart-t-order-sign"
@@ -104,7 +117,10 @@ class Settings:
     jwks: str | None = None
     issuers: tuple[str, ...] = ()
     insecure_dev: bool = False
-    body_limit: int = BODY_LIMIT
+    body_limit: int = BODY_LIMIT  # every request body (413 over it)
+    limits: Limits = DEFAULT_LIMITS  # a facts body (docs/limits.md)
+    max_token_lifetime: float = MAX_LIFETIME_S  # a client JWT's exp - iat, in seconds
+    fhir_servers: tuple[str, ...] = ()  # FHIR base URLs the service may query (no prefetch)
     cache_size: int = 128  # evaluations kept (0: none)
     live_sessions: int = 16  # patients with a live matcher session (0: rebuild every time)
     max_sessions: int = 4  # evaluations (durable-rules sessions) at once
@@ -128,6 +144,9 @@ class Problem(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str = Field(description="What is wrong, in one sentence.")
+    code: str | None = Field(
+        default=None, description="A stable code for a refused body (docs/limits.md)."
+    )
     problems: list[Problem] = Field(default_factory=list)
 
 
@@ -191,6 +210,12 @@ class _HookRequest(BaseModel):
     fhirAuthorization: FhirAuthorization | None = None
     prefetch: dict[str, dict[str, Any] | None] | None = None
 
+    @model_validator(mode="after")
+    def _server_with_authorization(self) -> "_HookRequest":
+        if self.fhirAuthorization is not None and not self.fhirServer:
+            raise ValueError("fhirAuthorization needs fhirServer (CDS Hooks cds-r-1)")
+        return self
+
 
 class PatientViewRequest(_HookRequest):
     hook: Literal["patient-view"]
@@ -209,7 +234,9 @@ class OrderSignRequest(_HookRequest):
 
 class CdsResponse(BaseModel):
     cards: list[Card]
-    systemActions: list[SuggestionAction] = Field(default_factory=list)
+    systemActions: list[SuggestionAction] | None = Field(
+        default=None, description="Left out when there is none."
+    )
 
 
 class OverrideReason(BaseModel):
@@ -345,12 +372,19 @@ class ApiError(Exception):
         detail: str,
         problems: Sequence[Problem] = (),
         headers: Mapping[str, str] | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.problems = list(problems)
         self.headers = dict(headers or {})
+        self.code = code
+
+    @classmethod
+    def refused(cls, exc: BodyRefused) -> "ApiError":
+        """A facts body refused as a whole, with its code and status (docs/limits.md)."""
+        return cls(REFUSALS[exc.code], exc.message, code=exc.code)
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -613,6 +647,93 @@ def _services() -> list[ServiceDescription]:
 SERVICES = (PATIENT_VIEW, ORDER_SELECT, ORDER_SIGN)
 
 
+@dataclass(frozen=True)
+class _HookData:
+    """A hook call's FHIR data: the facts it gave, and what was missing and why."""
+
+    facts: list[dict[str, Any]]
+    unmapped: list[InputProblem]  # the FHIR entries that did not become facts
+    available: bool  # a prefetch (or a fetch) gave data, even if it maps to no fact
+    missing: list[str] = field(default_factory=list)  # prefetch keys the call left out
+    failures: dict[str, str] = field(default_factory=dict)  # key -> why it was not fetched
+    server: bool = False  # the call named a fhirServer
+
+    def refusal(self, consequence: str) -> "ApiError":
+        """412: no stored facts and nothing to decide on, saying what is missing."""
+        names = ", ".join(self.missing) or "none"
+        if not self.server:
+            how = "and no fhirServer with fhirAuthorization to query"
+        else:
+            how = "and nothing could be fetched from the FHIR server"
+        problems = [
+            Problem(location=f"prefetch.{key}", reason=reason)
+            for key, reason in sorted(self.failures.items())
+        ]
+        return ApiError(
+            412,
+            f"no stored facts for this patient, no prefetch ({names}) {how}: "
+            f"{consequence}; send the prefetch, or fhirServer with fhirAuthorization",
+            problems,
+        )
+
+
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+
+
+def _feedback_problems(item: FeedbackItem, card: IssuedCard | None, service: str) -> list[str]:
+    """What is wrong with one feedback item, by the CDS Hooks 2.0 rules: a card this
+    service issued (by uuid); `acceptedSuggestions` only with `accepted` (and required
+    there), naming suggestions of that card; `overrideReason` only with `overridden`,
+    its reason one the cards offer; `outcomeTimestamp` an instant."""
+    if card is None:
+        return [f"unknown card {item.card!r}: not issued by this service"]
+    out: list[str] = []
+    if card.service != service:
+        out.append(f"card {item.card!r} was issued by service {card.service!r}")
+    accepted = [s.id for s in item.acceptedSuggestions or []]
+    if item.outcome == "overridden" and item.acceptedSuggestions is not None:
+        out.append("an overridden card accepts no suggestion (drop acceptedSuggestions)")
+    if item.outcome == "accepted":
+        offered = offered_suggestions(card)
+        if item.overrideReason is not None:
+            out.append("an accepted card has no overrideReason (it is for overridden cards)")
+        if not accepted:
+            out.append("an accepted outcome needs acceptedSuggestions naming what was accepted")
+        out.extend(
+            f"suggestion {s!r} is not one of card {item.card!r}'s" for s in accepted
+            if s not in offered
+        )  # fmt: skip
+    reason = item.overrideReason.reason if item.overrideReason is not None else None
+    if reason is not None and not known_override_reason(reason.system, reason.code):
+        out.append(
+            f"override reason {reason.code!r} ({reason.system!r}) is not one the card offered"
+        )
+    if not _INSTANT.fullmatch(item.outcomeTimestamp):
+        out.append(
+            f"outcomeTimestamp {item.outcomeTimestamp!r} is not an instant "
+            "(YYYY-MM-DDThh:mm:ss with Z or an offset)"
+        )
+    else:
+        try:
+            parse_time(item.outcomeTimestamp)
+        except ValueError as exc:
+            out.append(f"outcomeTimestamp: {exc}")
+    return out
+
+
+def _prefetch_of(service: str) -> dict[str, str]:
+    found = next(s for s in _services() if s.id == service)
+    return dict(found.prefetch or {})
+
+
+def _may_fetch(server: str, settings: Settings) -> bool:
+    if not server.startswith(("https://", "http://")):
+        return False
+    if settings.fhir_servers:
+        return server_allowed(server, settings.fhir_servers)
+    return settings.insecure_dev  # development: any server the caller names
+
+
 def _prefetch_facts(
     prefetch: Mapping[str, Any] | None, patient: str
 ) -> tuple[list[dict[str, Any]], list[InputProblem]]:
@@ -657,33 +778,24 @@ def _media_type(request: Request) -> str | None:
     return value.split(";")[0].strip().lower() if value else None
 
 
-async def _read_fact_body(request: Request) -> tuple[list[object], list[InputProblem]]:
+async def _read_fact_body(
+    request: Request, limits: Limits
+) -> tuple[list[object], list[InputProblem]]:
     """The raw facts of a request body (JSON array, one object, NDJSON or a FHIR Bundle),
-    and the input problems of the FHIR entries that did not map."""
+    and the input problems of the FHIR entries that did not map. A body refused as a whole
+    answers with the status of its refusal (docs/limits.md)."""
     media = _media_type(request)
     if media is not None and media not in FACT_MEDIA_TYPES:
         raise ApiError(
             415,
             f"unsupported content type {media!r}: send {', '.join(FACT_MEDIA_TYPES[:3])}",
+            code="MEDIA_TYPE",
         )
     body = await request.body()
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, f"the body is not UTF-8: {exc.reason} at byte {exc.start}") from exc
-    if not text.strip():
-        raise ApiError(400, "empty body: send a JSON array of facts, NDJSON or a FHIR Bundle")
-    items: list[object] | None = None
-    if text.lstrip().removeprefix("\ufeff").startswith("{"):
-        try:  # one JSON object (a fact or a Bundle), however it is laid out
-            items = load_facts_text("[" + text.removeprefix("\ufeff") + "]")
-        except FactError:
-            items = None  # NDJSON, or bad JSON: the NDJSON reader names the line
-    if items is None:
-        try:
-            items = load_facts_text(text)
-        except FactError as exc:
-            raise ApiError(400, f"malformed body: {exc}") from exc
+        items = load_facts_bytes(body, limits)
+    except BodyRefused as exc:
+        raise ApiError.refused(exc) from exc
     if len(items) == 1 and isinstance(items[0], Mapping) and "resourceType" in items[0]:
         from engine.host.fhir import is_fhir_bundle, read_bundle
 
@@ -734,9 +846,17 @@ def _accept(raws: Sequence[object], patient: str) -> tuple[list[StoredFact], lis
 
 
 def _store_facts(
-    store: FactStore, raws: Sequence[object], patient: str
+    store: FactStore, raws: Sequence[object], patient: str, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[AppendResult, list[InputProblem]]:
     stored, problems = _accept(raws, patient)
+    have = store.revision(patient).count
+    if have + len(stored) > limits.max_facts:
+        raise ApiError(
+            413,
+            f"the patient has {have} stored facts; {len(stored)} more would be over the "
+            f"limit of {limits.max_facts} facts per patient",
+            code="TOO_MANY_FACTS",
+        )
     return store.append(patient, stored), problems
 
 
@@ -910,7 +1030,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
                 "authentication needs a JWK Set (--jwks) and at least one issuer (--issuer); "
                 "--insecure-dev runs without authentication, for development only"
             )
-        verifier = Verifier(KeySet(settings.jwks), settings.issuers)
+        verifier = Verifier(
+            KeySet(settings.jwks), settings.issuers, max_lifetime=settings.max_token_lifetime
+        )
     issued: set[str] = set()
     issued_lock = threading.Lock()
 
@@ -937,6 +1059,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
             "runs in insecure development mode."
         ),
         lifespan=lifespan,
+        default_response_class=SafeJSONResponse,
     )
     bearer = HTTPBearer(auto_error=False, bearerFormat="JWT", description="Client JWT")
 
@@ -959,8 +1082,8 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        body = ErrorBody(detail=exc.detail, problems=exc.problems)
-        return JSONResponse(body.model_dump(exclude_none=True), exc.status, headers=exc.headers)
+        body = ErrorBody(detail=exc.detail, code=exc.code, problems=exc.problems)
+        return SafeJSONResponse(body.model_dump(exclude_none=True), exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -970,26 +1093,26 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
             if error.get("type") == "json_invalid":
                 reason = (error.get("ctx") or {}).get("error", "invalid JSON")
                 detail = f"malformed JSON: {reason} (at character {error['loc'][-1]})"
-                return JSONResponse({"detail": detail, "problems": []}, 400)
+                return SafeJSONResponse({"detail": detail, "problems": []}, 400)
             problems.append(Problem(location=where, reason=str(error.get("msg"))))
         detail = "; ".join(f"{p.location}: {p.reason}" for p in problems[:3])
         body = ErrorBody(detail=f"invalid request: {detail}", problems=problems)
-        return JSONResponse(body.model_dump(exclude_none=True), 422)
+        return SafeJSONResponse(body.model_dump(exclude_none=True), 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else "error"
-        return JSONResponse({"detail": detail, "problems": []}, exc.status_code, exc.headers)
+        return SafeJSONResponse({"detail": detail, "problems": []}, exc.status_code, exc.headers)
 
     @app.exception_handler(StoreError)
     async def store_error(_request: Request, exc: StoreError) -> JSONResponse:
         _log_failure("store unavailable")
-        return JSONResponse({"detail": "the fact store is unavailable", "problems": []}, 503)
+        return SafeJSONResponse({"detail": "the fact store is unavailable", "problems": []}, 503)
 
     @app.exception_handler(EvaluationError)
     async def evaluation_error(_request: Request, exc: EvaluationError) -> JSONResponse:
         _log_failure(f"evaluation failed in rule {exc.rule!r} ({exc.location})")
-        return JSONResponse({"detail": f"evaluation failed: {exc}", "problems": []}, 500)
+        return SafeJSONResponse({"detail": f"evaluation failed: {exc}", "problems": []}, 500)
 
     # -- CDS Hooks ----------------------------------------------------------------------------
 
@@ -1027,26 +1150,50 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
     def patient_view(request: PatientViewRequest, _caller: Caller) -> CdsResponse:
         """The patient's grades, eligibility and recommendations as cards."""
         patient = request.context.patientId
-        extra, unmapped = _prefetch_facts(request.prefetch, patient)
-        evaluation, stored = evaluator.current(patient, extra=extra)
-        if stored == 0 and not extra:
-            raise ApiError(
-                412,
-                "no stored facts for this patient and no usable prefetch: "
-                "this service does not query the FHIR server itself",
-            )
-        evaluation = engine.with_problems(evaluation, unmapped)
+        data = gather(request, PATIENT_VIEW)
+        evaluation, stored = evaluator.current(patient, extra=data.facts)
+        if stored == 0 and not data.available:
+            raise data.refusal("this service cannot decide")
+        evaluation = engine.with_problems(evaluation, data.unmapped)
         rendered = maker.unused_data_cards(evaluation, service=PATIENT_VIEW, patient=patient)
         rendered.extend(maker.patient_cards(evaluation, service=PATIENT_VIEW, patient=patient))
         return response(rendered)
 
+    def gather(
+        request: PatientViewRequest | OrderSignRequest | OrderSelectRequest, service: str
+    ) -> _HookData:
+        """The call's FHIR data as facts: its prefetch, and what the prefetch left out
+        fetched from `fhirServer` when the call gives one with `fhirAuthorization` and
+        the server is one the service may query (docs/service.md)."""
+        context: Mapping[str, Any] = request.context.model_dump()
+        patient = str(context["patientId"])
+        templates = _prefetch_of(service)
+        given = {k: v for k, v in (request.prefetch or {}).items() if v is not None}
+        missing = [k for k in templates if k not in given]
+        failures: dict[str, str] = {}
+        server, authorization = request.fhirServer, request.fhirAuthorization
+        if missing and server and authorization is not None:
+            if not _may_fetch(server, settings):
+                failures = {k: "the service may not query this FHIR server" for k in missing}
+            else:
+                fetched = fetch_missing(
+                    server,
+                    authorization.access_token,
+                    {k: templates[k] for k in missing},
+                    context,
+                    limits=settings.limits,
+                )
+                given.update(fetched.resources)
+                failures = fetched.failures
+        facts, unmapped = _prefetch_facts(given, patient)
+        return _HookData(facts, unmapped, bool(given), missing, failures, bool(server))
+
     def order_hook(
         service: str,
-        patient: str,
-        bundle: Mapping[str, Any],
+        request: OrderSignRequest | OrderSelectRequest,
         selections: Sequence[str] | None,
-        prefetch: Mapping[str, Any] | None,
     ) -> CdsResponse:
+        patient, bundle = request.context.patientId, request.context.draftOrders
         try:
             orders = parse_draft_orders(bundle, patient, _server_now, selections)
         except OrderError as exc:
@@ -1060,17 +1207,14 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
                 problems.append(Problem(index=n, id=order.reference, reason=checked.reason))
         if problems:
             raise ApiError(422, "a draft order cannot be checked", problems)
-        extra, unmapped = _prefetch_facts(prefetch, patient)
-        evaluation, stored = evaluator.rebuild(
-            patient, extra=[*extra, *(o.fact for o in orders)], cached=False
+        data = gather(request, service)
+        guarded = any(o.fact.get("drug") == "tocilizumab" for o in orders)
+        if guarded and store.revision(patient).count == 0 and not data.available:
+            raise data.refusal("earlier doses are unknown, so the order cannot be checked")
+        evaluation, _stored = evaluator.rebuild(
+            patient, extra=[*data.facts, *(o.fact for o in orders)], cached=False
         )
-        if stored == 0 and not extra:
-            raise ApiError(
-                412,
-                "no stored facts for this patient and no usable prefetch: earlier doses "
-                "are unknown, so the order cannot be checked",
-            )
-        evaluation = engine.with_problems(evaluation, unmapped)
+        evaluation = engine.with_problems(evaluation, data.unmapped)
         rendered = maker.unused_data_cards(evaluation, service=service, patient=patient)
         rendered.extend(maker.order_cards(evaluation, orders, service=service, patient=patient))
         return response(rendered)
@@ -1084,10 +1228,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
     )
     def order_select(request: OrderSelectRequest, _caller: Caller) -> CdsResponse:
         """The dose guard's decision on each selected tocilizumab order."""
-        ctx = request.context
-        return order_hook(
-            ORDER_SELECT, ctx.patientId, ctx.draftOrders, ctx.selections, request.prefetch
-        )
+        return order_hook(ORDER_SELECT, request, request.context.selections)
 
     @app.post(
         f"/cds-services/{ORDER_SIGN}",
@@ -1098,8 +1239,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
     )
     def order_sign(request: OrderSignRequest, _caller: Caller) -> CdsResponse:
         """The dose guard's decision on each tocilizumab order about to be signed."""
-        ctx = request.context
-        return order_hook(ORDER_SIGN, ctx.patientId, ctx.draftOrders, None, request.prefetch)
+        return order_hook(ORDER_SIGN, request, None)
 
     @app.post(
         "/cds-services/{service_id}/feedback",
@@ -1116,38 +1256,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         records: list[FeedbackRecord] = []
         for n, item in enumerate(request.feedback):
             where = f"body.feedback.{n}"
-            card = store.card(item.card)
-            if card is None:
-                problems.append(
-                    Problem(index=n, location=where, reason=f"unknown card {item.card!r}")
-                )
-                continue
-            if card.service != service_id:
-                problems.append(
-                    Problem(
-                        index=n,
-                        location=where,
-                        reason=f"card {item.card!r} was issued by service {card.service!r}",
-                    )
-                )
-            if item.outcome == "overridden" and item.acceptedSuggestions:
-                problems.append(
-                    Problem(
-                        index=n, location=where, reason="an overridden card accepts no suggestion"
-                    )
-                )
-            if item.outcome == "accepted" and item.overrideReason is not None:
-                problems.append(
-                    Problem(
-                        index=n, location=where, reason="an accepted card has no overrideReason"
-                    )
-                )
-            try:
-                timestamp = parse_time(item.outcomeTimestamp)[0]
-            except ValueError as exc:
-                problems.append(
-                    Problem(index=n, location=f"{where}.outcomeTimestamp", reason=str(exc))
-                )
+            found = _feedback_problems(item, store.card(item.card), service_id)
+            problems.extend(Problem(index=n, location=where, reason=r) for r in found)
+            if found:
                 continue
             reason = item.overrideReason
             records.append(
@@ -1155,7 +1266,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
                     service=service_id,
                     card=item.card,
                     outcome=item.outcome,
-                    outcome_timestamp=timestamp,
+                    outcome_timestamp=parse_time(item.outcomeTimestamp)[0],
                     accepted_suggestions=tuple(s.id for s in item.acceptedSuggestions or []),
                     override_reason=(
                         reason.reason.model_dump(exclude_none=True)
@@ -1205,8 +1316,10 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         problems the engine has with it (`input_problems`); sending a fact id again with the
         same content is a no-op, with other content it is a new version that replaces the
         earlier one in evaluations (a correction; `status: entered-in-error` retracts)."""
-        raws, unmapped = await _read_fact_body(request)
-        result, problems = await _in_thread(_store_facts, store, raws, patient_id)
+        raws, unmapped = await _read_fact_body(request, settings.limits)
+        result, problems = await _in_thread(
+            _store_facts, store, raws, patient_id, settings.limits
+        )
         problems = [*unmapped, *problems]
         return FactsStored(
             patient=patient_id,
@@ -1313,7 +1426,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         listed in `input_problems` and make the evaluation `incomplete` (never a refusal).
         With `record=true`, the facts and the evaluation go to the decision log."""
         when = check_as_of(as_of)
-        raws, _unused = await _read_fact_body(request)
+        raws, _unused = await _read_fact_body(request, settings.limits)
         evaluation = await _in_thread(evaluator.run, raws, as_of=when, patient=None)
         if record:
             return await _in_thread(recorded, evaluation, raws, when, None)
@@ -1348,10 +1461,15 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
 
 
 def _json(value: object) -> Response:
-    return Response(
-        json.dumps(value, ensure_ascii=False, separators=(",", ":")),
-        media_type="application/json",
-    )
+    return Response(dumps(value), media_type="application/json")
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON whatever a string or number holds: a lone surrogate as its escape, a number
+    too big for a float as 1e999 (engine.runtime.jsontext). Every response uses it."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content).encode("utf-8")
 
 
 async def _in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -1443,6 +1561,8 @@ def run_cli(
     insecure_dev: bool,
     cache_size: int,
     live_sessions: int = 16,
+    max_token_lifetime: float = MAX_LIFETIME_S,
+    fhir_servers: Sequence[str] = (),
 ) -> int:
     """`cart-cds serve`: returns the exit code (2: bad options, store or keys)."""
     import click
@@ -1470,6 +1590,8 @@ def run_cli(
         insecure_dev=insecure_dev,
         cache_size=cache_size,
         live_sessions=live_sessions,
+        max_token_lifetime=max_token_lifetime,
+        fhir_servers=tuple(fhir_servers),
     )
     try:
         store = open_store(store_target)

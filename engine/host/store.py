@@ -30,6 +30,8 @@ import json
 import queue
 import sqlite3
 import threading
+import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from typing import Any, Protocol
 from engine.errors import CartCdsError
 from engine.explain.cards import IssuedCard
 from engine.runtime.facts import Fact
+from engine.runtime.jsontext import dumps, escape_surrogates
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -51,6 +54,7 @@ __all__ = [
     "Revision",
     "SqlStore",
     "StoreError",
+    "StoreUnavailable",
     "StoredFact",
     "open_store",
 ]
@@ -58,10 +62,15 @@ __all__ = [
 SCHEMA_VERSION = 4  # of the `store` component
 _CHUNK = 500  # ids per IN (...) list
 _PG_POOL = 4  # connections per PostgreSQL store
+_PG_RETRY_S = 10.0  # how long a PostgreSQL store keeps trying to (re)connect
 
 
 class StoreError(CartCdsError):
     """The store cannot be opened or did not answer (the service says 503)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database did not answer within the bounded reconnection attempts."""
 
 
 class ConflictError(StoreError):
@@ -77,9 +86,9 @@ class ConflictError(StoreError):
 
 
 def _canonical(value: object) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    """Canonical JSON (engine.runtime.jsontext: a lone surrogate or an infinite number in a
+    fact never stops it from being stored)."""
+    return dumps(value, canonical=True)
 
 
 def _digest(text: str) -> str:
@@ -212,27 +221,36 @@ class _Sqlite:
 
     dialect = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
         if path != ":memory:":
             parent = Path(path).expanduser().resolve().parent
             if not parent.is_dir():
                 raise StoreError(f"cannot open store {path!r}: no directory {str(parent)!r}")
         try:
-            self._conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30.0
-            )
+            if read_only:  # the file is never written (nor created)
+                uri = f"file:{urllib.parse.quote(str(Path(path).expanduser().resolve()))}?mode=ro"
+                self._conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0
+                )
+            else:
+                self._conn = sqlite3.connect(
+                    path, isolation_level=None, check_same_thread=False, timeout=30.0
+                )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path!r}: {exc}") from exc
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")  # a commit survives a power cut
+            if read_only:
+                self._conn.execute("PRAGMA query_only=ON")
+            else:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=FULL")  # a commit survives a power cut
         except sqlite3.Error as exc:
             self._conn.close()
             raise StoreError(f"cannot open store {path!r}: {exc}") from exc
         self._lock = threading.Lock()
 
     def _run(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
-        return self._conn.execute(sql, tuple(params)).fetchall()
+        return self._conn.execute(sql, _columns(params)).fetchall()
 
     @contextmanager
     def transaction(self) -> Iterator[Run]:
@@ -269,11 +287,20 @@ class _Postgres:
 
     dialect = "postgresql"
 
-    def __init__(self, url: str, size: int = _PG_POOL) -> None:
+    def __init__(
+        self,
+        url: str,
+        size: int = _PG_POOL,
+        *,
+        read_only: bool = False,
+        retry_for: float = _PG_RETRY_S,
+    ) -> None:
         import psycopg
 
         self._psycopg = psycopg
         self._url = url
+        self._retry_for = retry_for
+        self._options = "-c default_transaction_read_only=on" if read_only else None
         self._pool: queue.LifoQueue[Any] = queue.LifoQueue()
         self._slots = threading.Semaphore(size)
         self._closed = False
@@ -281,10 +308,34 @@ class _Postgres:
             run("SELECT 1", ())
 
     def _connect(self) -> Any:
+        """A new connection, retried with a growing pause (0.1 s doubling, at most 2 s)
+        for `retry_for` seconds: a server restarting is waited for, one that stays away
+        is `StoreUnavailable`."""
+        deadline = time.monotonic() + self._retry_for
+        pause, attempts = 0.1, 0
+        while True:
+            attempts += 1
+            try:
+                return self._psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=5, options=self._options
+                )
+            except self._psycopg.Error as exc:
+                if time.monotonic() + pause > deadline:
+                    raise StoreUnavailable(
+                        f"the database did not answer after {attempts} attempt(s) over "
+                        f"{self._retry_for:g} s: {_first_line(exc)}"
+                    ) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+    def _alive(self, conn: Any) -> bool:
+        """A pooled connection still works (a restarted server broke it): one round trip."""
         try:
-            return self._psycopg.connect(self._url, autocommit=True, connect_timeout=10)
-        except self._psycopg.Error as exc:
-            raise StoreError(f"cannot connect to the store: {_first_line(exc)}") from exc
+            conn.execute("SELECT 1")
+        except self._psycopg.Error:
+            conn.close()
+            return False
+        return not conn.closed
 
     @contextmanager
     def _connection(self) -> Iterator[Any]:
@@ -294,15 +345,18 @@ class _Postgres:
             raise StoreError("store unavailable: no free connection within 30 s")
         conn = None
         try:
-            try:
-                conn = self._pool.get_nowait()
-            except queue.Empty:
-                conn = self._connect()
+            while conn is None:
+                try:
+                    pooled = self._pool.get_nowait()
+                except queue.Empty:
+                    conn = self._connect()
+                else:
+                    conn = pooled if self._alive(pooled) else None
             yield conn
         except self._psycopg.Error as exc:
             raise StoreError(f"store unavailable: {_first_line(exc)}") from exc
         finally:
-            if conn is not None:
+            if conn is not None and not conn.closed:
                 idle = self._psycopg.pq.TransactionStatus.IDLE
                 if conn.closed or conn.broken or conn.info.transaction_status != idle:
                     conn.close()
@@ -313,7 +367,7 @@ class _Postgres:
     @staticmethod
     def _runner(cur: Any) -> Run:
         def run(sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
-            cur.execute(sql.replace("?", "%s"), tuple(params))
+            cur.execute(sql.replace("?", "%s"), _columns(params))
             return list(cur.fetchall()) if cur.description is not None else []
 
         return run
@@ -335,6 +389,13 @@ class _Postgres:
                 self._pool.get_nowait().close()
             except queue.Empty:
                 return
+
+
+def _columns(params: Sequence[object]) -> tuple[object, ...]:
+    """Query parameters as the database can take them: a text value holding a lone
+    surrogate (a fact id, a patient) has it written as its `\\uXXXX` escape, the same way
+    on every write and every query (bodies are JSON, escaped by `dumps` already)."""
+    return tuple(escape_surrogates(p) if isinstance(p, str) else p for p in params)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -480,11 +541,12 @@ def _now() -> str:
 class SqlStore:
     """`FactStore` on SQLite or PostgreSQL; safe to share between threads."""
 
-    def __init__(self, backend: _Backend, target: str) -> None:
+    def __init__(self, backend: _Backend, target: str, *, read_only: bool = False) -> None:
         self._b = backend
         self.target = target
+        self.read_only = read_only
         try:
-            self._version = self._migrate()
+            self._version = self._schema() if read_only else self._migrate()
         except BaseException:
             backend.close()  # a store that cannot be used is not left open
             raise
@@ -502,6 +564,23 @@ class SqlStore:
         """The database, for other components kept in this store (`engine.host.audit`):
         `transaction()` and `read()` yield `run(sql, params)`; `dialect` names it."""
         return self._b
+
+    def _schema(self) -> int:
+        """The schema version of a store opened read-only: nothing is created or migrated."""
+        try:
+            with self._b.read() as run:
+                rows = run("SELECT version FROM schema_version WHERE component = 'store'", ())
+        except StoreError as exc:
+            raise StoreError(
+                f"store {self.target!r} is not a cart-cds store (no schema_version table)"
+            ) from exc
+        version = int(rows[0][0]) if rows else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.target!r} has schema version {version}; this cart-cds "
+                f"knows up to {SCHEMA_VERSION}: upgrade cart-cds"
+            )
+        return version
 
     def _migrate(self) -> int:
         with self._b.transaction() as run:
@@ -709,16 +788,19 @@ class SqlStore:
         self._b.close()
 
 
-def open_store(target: str) -> SqlStore:
-    """A store from a file path (SQLite; `:memory:` for tests) or a `postgresql://` URL."""
+def open_store(target: str, *, read_only: bool = False, retry_for: float = _PG_RETRY_S) -> SqlStore:
+    """A store from a file path (SQLite; `:memory:` for tests) or a `postgresql://` URL.
+    `read_only`: nothing is created, migrated or written (SQLite `mode=ro`; PostgreSQL
+    read-only transactions)."""
     if target.startswith(("postgresql://", "postgres://")):
-        return SqlStore(_Postgres(target), _redact(target))
+        backend = _Postgres(target, read_only=read_only, retry_for=retry_for)
+        return SqlStore(backend, _redact(target), read_only=read_only)
     if "://" in target:
         scheme = target.split("://", 1)[0]
         raise StoreError(
             f"unknown store scheme {scheme!r}: give a file path (SQLite) or a postgresql:// URL"
         )
-    return SqlStore(_Sqlite(target), target)
+    return SqlStore(_Sqlite(target, read_only=read_only), target, read_only=read_only)
 
 
 def _redact(url: str) -> str:

@@ -16,9 +16,11 @@ so ``yes``, ``on``, ``2025-01-05`` and ``012`` stay strings.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -43,7 +45,7 @@ from yaml.tokens import AliasToken, AnchorToken, DirectiveToken, TagToken
 
 from engine.errors import Problem, RuleSetError
 
-__all__ = ["YamlDoc", "load_yaml", "load_yaml_file", "pointer_join"]
+__all__ = ["YamlDoc", "load_yaml", "load_yaml_file", "pointer_join", "read_regular_file"]
 
 DEFAULT_MAX_BYTES = 1_048_576
 DEFAULT_MAX_DEPTH = 64
@@ -136,15 +138,7 @@ def load_yaml_file(
 ) -> YamlDoc:
     """Read a UTF-8 file (never more than `max_bytes` + 1 bytes of it) and `load_yaml` it."""
     filename = display_name if display_name is not None else os.fspath(path)
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(max_bytes + 1)
-            if len(raw) > max_bytes:
-                size = os.fstat(handle.fileno()).st_size
-                raise RuleSetError([_size_problem(filename, max(size, len(raw)), max_bytes)])
-    except OSError as exc:
-        reason = (exc.strerror or str(exc)).lower()
-        raise RuleSetError([Problem(f"cannot read file ({reason})", file=filename)]) from exc
+    raw = read_regular_file(path, filename, max_bytes)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -153,6 +147,49 @@ def load_yaml_file(
         problem = Problem(message, file=filename, line=line, col=col)
         raise RuleSetError([problem]) from exc
     return load_yaml(text, filename, max_bytes=max_bytes, max_depth=max_depth, max_nodes=max_nodes)
+
+
+def read_regular_file(
+    path: str | os.PathLike[str],
+    filename: str,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    *,
+    follow_symlinks: bool = True,
+) -> bytes:
+    """The bytes of a regular file, or `RuleSetError` before any byte is read: a directory,
+    a FIFO, a device or a socket (opened without blocking, checked on the open handle);
+    with `follow_symlinks` False, a symbolic link; a file over `max_bytes`. A FIFO never
+    hangs the reader and a device is never read."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if not follow_symlinks and exc.errno == errno.ELOOP:
+            raise RuleSetError([Problem(_SYMLINK, file=filename)]) from None
+        reason = (exc.strerror or str(exc)).lower()
+        raise RuleSetError([Problem(f"cannot read file ({reason})", file=filename)]) from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise RuleSetError([Problem("is a directory, not a file", file=filename)])
+        if not stat.S_ISREG(info.st_mode):
+            raise RuleSetError([Problem(_NOT_REGULAR, file=filename)])
+        if info.st_size > max_bytes:
+            raise RuleSetError([_size_problem(filename, info.st_size, max_bytes)])
+        try:
+            raw = handle.read(max_bytes + 1)
+        except OSError as exc:
+            reason = (exc.strerror or str(exc)).lower()
+            raise RuleSetError([Problem(f"cannot read file ({reason})", file=filename)]) from None
+    if len(raw) > max_bytes:  # grew since it was measured
+        raise RuleSetError([_size_problem(filename, len(raw), max_bytes)])
+    return raw
+
+
+_SYMLINK = "is a symbolic link: a rule file must be a regular file in the rules directory"
+_NOT_REGULAR = "is not a regular file (a FIFO, a device or a socket): it is not read"
 
 
 # --------------------------------------------------------------------------- internals

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import stat
+import unicodedata
 from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -21,7 +25,7 @@ from engine.errors import Problem, RuleSetError
 from engine.language import constructs
 from engine.language._builder import _Context, build_rule, suggest
 from engine.language._schema_errors import schema_problems
-from engine.language._yaml import YamlDoc, load_yaml
+from engine.language._yaml import YamlDoc, load_yaml, read_regular_file
 from engine.language.ruleset import (
     Action,
     Collect,
@@ -42,16 +46,69 @@ def rule_schema_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
+RULE_SUFFIXES = (".yaml", ".yml")  # lower-case only: every other file is an error
+
+
 def read_rule_sources(rules_dir: str | Path) -> dict[str, bytes]:
-    """The bytes of every `*.yaml` file of a rules directory, by file name, in name order.
-    Read once: the digest and the parsed documents come from the same bytes."""
+    """The bytes of every rule file of a rules directory, by file name, in name order.
+    Read once: the digest and the parsed documents come from the same bytes.
+
+    Every entry of the directory is either loaded or reported, and nothing but a rule
+    file is ever read: a file ending in `.yaml` or `.yml` (lower-case) is loaded; any
+    other name (`.YAML`, `.txt`, a backup `crs.yaml~`), a subdirectory, a symbolic link,
+    a FIFO or a device is a problem naming it, found before any byte is read. The
+    directory's own path may be a symbolic link."""
     base = Path(rules_dir)
     if not base.is_dir():
         raise RuleSetError([Problem(f"rules directory {str(base)!r} does not exist")])
-    paths = sorted(base.glob("*.yaml"))
-    if not paths:
+    label = base.name
+    problems: list[Problem] = []
+    sources: dict[str, bytes] = {}
+    with os.scandir(base) as entries:
+        listed = sorted(entries, key=lambda e: e.name)
+    for entry in listed:
+        display = f"{label}/{entry.name}"
+        refusal = _entry_problem(entry)
+        if refusal is not None:
+            problems.append(Problem(refusal, file=display))
+            continue
+        try:
+            sources[entry.name] = read_regular_file(entry.path, display, follow_symlinks=False)
+        except RuleSetError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise RuleSetError(problems)
+    if not sources:
         raise RuleSetError([Problem(f"no *.yaml rule files in {str(base)!r}")])
-    return {path.name: path.read_bytes() for path in paths}
+    return sources
+
+
+def _entry_problem(entry: os.DirEntry[str]) -> str | None:
+    """Why a directory entry is not a rule file to read (None: it is one), from its name
+    and its `lstat` alone: nothing is opened."""
+    name = entry.name
+    if entry.is_symlink():
+        return (
+            "is a symbolic link: a rule file must be a regular file in the rules directory "
+            "(copy the file in)"
+        )
+    mode = entry.stat(follow_symlinks=False).st_mode
+    if stat.S_ISDIR(mode):
+        return "is a directory: a rules directory holds rule files only"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a FIFO, a device or a socket): it is not read"
+    if name.endswith(RULE_SUFFIXES):
+        return None
+    stem, dot, suffix = name.rpartition(".")
+    if dot and stem and ("." + suffix.lower()) in RULE_SUFFIXES:
+        return (
+            f"file name ends in {'.' + suffix!r}: rule files end in lower-case '.yaml' or "
+            f"'.yml' (rename it to {stem + '.' + suffix.lower()!r})"
+        )
+    return (
+        "unexpected file in the rules directory: rule files end in '.yaml' or '.yml'; "
+        "keep other files elsewhere"
+    )
 
 
 def parse_rule_sources(sources: Mapping[str, bytes], label: str) -> list[YamlDoc]:
@@ -77,7 +134,7 @@ def parse_rule_sources(sources: Mapping[str, bytes], label: str) -> list[YamlDoc
 
 
 def read_rule_files(rules_dir: str | Path) -> list[YamlDoc]:
-    """Read and parse every `*.yaml` file of a rules directory, in name order."""
+    """Read and parse every rule file of a rules directory, in name order."""
     return parse_rule_sources(read_rule_sources(rules_dir), Path(rules_dir).name)
 
 
@@ -111,6 +168,7 @@ def validate_documents(
     invalid: set[int] = set()
     by_kind: dict[str, list[YamlDoc]] = {}
     for doc in docs:
+        ctx.problems.extend(_hidden_characters(doc))
         found = schema_problems(doc, validator)
         ctx.problems.extend(found)
         if found:
@@ -208,6 +266,52 @@ def validate_documents(
         tables=tables,
         warnings=tuple(sorted(set(ctx.warnings), key=_problem_order)),
     )
+
+
+# Characters that make a rule text (a title, an explanation, a recommendation's text, a
+# description) show something other than what it holds: C0 and C1 control characters but
+# tab and line feed, and the Unicode bidirectional controls (the "Trojan Source" ones).
+_HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _hidden_characters(doc: YamlDoc) -> list[Problem]:
+    """Every string (key or value) of a document holding a control character or a
+    bidirectional override, each a problem at its place."""
+    out: list[Problem] = []
+
+    def walk(value: object, pointer: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                child = f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}"
+                check(str(key), child, key=True)
+                walk(item, child)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{pointer}/{index}")
+        elif isinstance(value, str):
+            check(value, pointer, key=False)
+
+    def check(text: str, pointer: str, *, key: bool) -> None:
+        found = _HIDDEN.search(text)
+        if found is None:
+            return
+        char = found.group(0)
+        name = unicodedata.name(char, "control character")
+        line, col = doc.locate_key(pointer) if key else doc.locate(pointer)
+        out.append(
+            Problem(
+                f"text holds U+{ord(char):04X} ({name.lower()}) at character {found.start() + 1}: "
+                "rule texts may not hold control or bidirectional-override characters; "
+                "remove it",
+                doc.filename,
+                line,
+                col,
+                pointer,
+            )
+        )
+
+    walk(doc.data, "")
+    return out
 
 
 def _problem_order(p: Problem) -> tuple[str, int, int, str, str]:
