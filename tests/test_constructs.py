@@ -37,13 +37,13 @@ def test_a_named_condition_is_one_node_with_its_own_reasons(small: engine.Engine
     temp = {"id": "t", "type": "observation", "code": "8310-5", "value": 38.5, "unit": "Cel",
             "time": at(20)}  # fmt: skip
     result = small.evaluate([INFUSION, temp])
-    (infused,) = result["findings"]["infused"]
+    (infused,) = result["working"]["infused"]
     assert (infused["rule"], infused["product"], infused["because"]) == (
         "concept.infused",
         "axi-cel",
         ["inf"],
     )
-    (febrile,) = result["findings"]["febrile_after"]
+    (febrile,) = result["working"]["febrile_after"]
     assert febrile["because"] == ["inf", "t"] and febrile["temp"] == 38.5
     fired = [r["rule"] for r in result["trace"] if r["event"] == "fired"]
     assert (
@@ -82,7 +82,7 @@ def test_a_first_hit_table_gives_the_first_matching_row(
         o2["indication"] = "hypoxia"
     if flow is not None:
         o2["flow_L_min"] = flow
-    hyp = small.evaluate([INFUSION, o2])["findings"].get("hyp")
+    hyp = small.evaluate([INFUSION, o2])["working"].get("hyp")
     if grade is None:
         assert hyp is None
     else:
@@ -126,8 +126,8 @@ def facts_of(doses: list[float], orders: list[float], ancs: list[float]) -> list
 
 
 def aggregate_view(result: dict[str, Any]) -> dict[str, Any]:
-    counts = {f["anchor"]: f["count"] for f in result["findings"].get("doses_before", [])}
-    latest = [(f["value"], f["member"]) for f in result["findings"].get("latest_anc", [])]
+    counts = {f["anchor"]: f["count"] for f in result["working"].get("doses_before", [])}
+    latest = [(f["value"], f["member"]) for f in result["working"].get("latest_anc", [])]
     return {"counts": counts, "latest": latest}
 
 
@@ -152,7 +152,7 @@ def test_an_aggregate_computed_incrementally_equals_it_over_the_whole_list(
     window = [(a, i) for i, a in enumerate(ancs) if now - 7 * 24 <= a <= now]
     expected = [(100 * (max(window)[1] + 1), f"a{max(window)[1]}")] if window else []
     assert aggregate_view(batch)["latest"] == expected
-    too_many = {f["order"] for f in batch["findings"].get("too_many", [])}
+    too_many = {f["order"] for f in batch["working"].get("too_many", [])}
     assert too_many == {o for o, n in counts.items() if n >= 2}
 
 
@@ -167,7 +167,7 @@ def test_an_aggregate_follows_a_correction_and_a_retraction(small: engine.Engine
     gone = [*facts, {"id": "d0", "type": "medication_admin", "status": "entered-in-error"}]
     result = small.evaluate(gone)
     assert aggregate_view(result)["counts"] == {"o0": 1}
-    assert "too_many" not in result["findings"]
+    assert "too_many" not in result["working"]
 
 
 def test_the_bundled_rules_validate_without_warnings(cds: engine.Engine) -> None:

@@ -180,7 +180,7 @@ SERIES = st.one_of(SPARSE, daily_then_late())
 
 
 def early_of(result: Mapping[str, Any]) -> dict[str, Any] | None:
-    found = result["findings"].get("icaht_early")
+    found = result["working"].get("icaht_early")
     if found is None:
         return None
     return {k: found.get(k) for k in ("grade", "days_anc_le_500", "days_anc_le_100", "status")} | {
@@ -299,20 +299,20 @@ def test_car_hematotox_score_follows_the_table(
 def test_day_index_is_the_calendar_day_not_24_hour_periods(cds: engine.Engine) -> None:
     """A reading late on D+1 (23:30) is day 1, and one just after midnight is day 2."""
     result = evaluate(cds, [anc(1, 300, hhmm="23:30"), anc(2, 300, hhmm="00:10")])
-    assert sorted(a["day"] for a in result["findings"]["icaht_anc"]) == [1, 2]
+    assert sorted(a["day"] for a in result["working"]["icaht_anc"]) == [1, 2]
 
 
 def test_two_readings_on_one_day_count_as_one_day(cds: engine.Engine) -> None:
     """Two low readings on D+1 and one on D+2 are 2 days at or below 500/uL, not 3."""
     result = evaluate(cds, [anc(1, 300, hhmm="06:00"), anc(1, 200, hhmm="18:00"), anc(2, 400)])
-    assert result["findings"]["icaht_early"]["days_anc_le_500"] == 2
+    assert result["working"]["icaht_early"]["days_anc_le_500"] == 2
 
 
 def test_a_reading_below_500_on_a_recovery_day_breaks_the_recovery(cds: engine.Engine) -> None:
     """D+2 has 600 in the morning but 450 at night: D+2 is not a recovery day (S27)."""
     facts = [anc(1, 300), anc(2, 600, hhmm="06:00"), anc(2, 450, hhmm="20:00")]
     facts += [anc(3, 700), anc(4, 800), anc(5, 900)]
-    early = evaluate(cds, facts)["findings"]["icaht_early"]
+    early = evaluate(cds, facts)["working"]["icaht_early"]
     assert early["neutrophil_recovery_day"] == str(ANCHOR + dt.timedelta(3))
     assert early["days_anc_le_500"] == 2
 
@@ -356,7 +356,7 @@ def test_a_pet_before_the_infusion_is_not_a_response_assessment(cds: engine.Engi
 def test_pet_without_deauville_asks_for_it(cds: engine.Engine) -> None:
     """A month-1 PMR without a Deauville score is neither DS4 nor DS5: it asks for the score."""
     pet = {"type": "pet", "lugano": "PMR", "time": day(28)}
-    d28 = evaluate(cds, [pet])["findings"]["response_d28"]
+    d28 = evaluate(cds, [pet])["working"]["response_d28"]
     assert d28["interpretation"] == "DEAUVILLE_SCORE_NEEDED"
     assert d28["needs_data"] == ["pet.deauville"]
 

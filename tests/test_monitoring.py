@@ -103,7 +103,7 @@ def outside_monitoring(result: Mapping[str, Any]) -> tuple[dict[str, Any], list[
     """The findings and recommendations of every rule whose id does not start with
     `monitoring.` (the "monitoring conclusions" are exactly those of `monitoring.` rules)."""
     findings: dict[str, Any] = {}
-    for name, value in result["findings"].items():
+    for name, value in {**result["working"], **result["findings"]}.items():
         items = value if isinstance(value, list) else [value]
         kept = [i for i in items if not str(i.get("rule", "")).startswith("monitoring.")]
         if kept:
@@ -212,14 +212,14 @@ def test_infusion_at_midnight_counts_the_next_day_as_day_1() -> None:
     """The infusion day's start is computed by rounding down; an infusion at exactly 00:00 is
     its own day 0, not the day before."""
     result = default().evaluate([infusion(0), visit(1, 0)])
-    (v,) = result["findings"]["monitoring_visit"]
+    (v,) = result["working"]["monitoring_visit"]
     assert v["day"] == 1
 
 
 def test_late_evening_infusion_then_early_morning_visit_is_day_1() -> None:
     """Calendar days, not 24-h periods: 23:00 on D0 then 01:00 on D+1 (2 h later) is day 1."""
     result = default().evaluate([infusion(23), visit(1, 1)])
-    (v,) = result["findings"]["monitoring_visit"]
+    (v,) = result["working"]["monitoring_visit"]
     assert v["day"] == 1
 
 
@@ -277,7 +277,7 @@ def test_crs_before_discharge_is_not_post_discharge_toxicity() -> None:
 def test_without_a_discharge_the_week_stays_unknown_not_failed() -> None:
     """No visit and no discharge after week 1: UNKNOWN with the data it needs, no review."""
     result = default().evaluate([infusion(), *home()], as_of=at(9, 12))
-    week1 = result["findings"]["monitoring_week1"]
+    week1 = result["working"]["monitoring_week1"]
     assert week1["status"] == "UNKNOWN"
     assert set(week1["needs_data"]) == {"daily_visit", "procedure.discharge"}
     assert "CLINICIAN_REVIEW" not in codes(result)
@@ -286,8 +286,8 @@ def test_without_a_discharge_the_week_stays_unknown_not_failed() -> None:
 def test_visits_stopping_after_d5_fail_week_1_once_it_is_over() -> None:
     """Visits D+1..D+5, then none: in progress on D+7, not met from 8 days after the infusion."""
     facts = [infusion(10), *home(), *(visit(d) for d in range(1, 6))]
-    during = default().evaluate(facts, as_of=at(7, 12))["findings"]["monitoring_week1"]
-    after = default().evaluate(facts, as_of=at(8, 10))["findings"]["monitoring_week1"]
+    during = default().evaluate(facts, as_of=at(7, 12))["working"]["monitoring_week1"]
+    after = default().evaluate(facts, as_of=at(8, 10))["working"]["monitoring_week1"]
     assert during["status"] == "IN_PROGRESS"
     assert (after["status"], after["first_missed_day"]) == ("NOT_MET", 6)
 

@@ -48,7 +48,7 @@ def normal_form(evaluation: dict[str, Any]) -> dict[str, Any]:
     a multiset.
     """
     findings: dict[str, Any] = {}
-    for name, value in evaluation["findings"].items():
+    for name, value in {**evaluation["working"], **evaluation["findings"]}.items():
         if isinstance(value, list):
             findings[name] = sorted(canonical(_without_id(v)) for v in value)
         else:

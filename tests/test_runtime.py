@@ -353,7 +353,7 @@ def test_a_numeric_equality_does_not_hide_the_time_window_after_it(tmp_path: Pat
         {"id": "pet1", "type": "pet", "time": "2025-06-01T00:00:00Z", "deauville": 5},
     ]
     result = cds.evaluate(facts)
-    assert [f["pet"] for f in result["findings"]["pet_after"]] == ["pet1"]
+    assert [f["pet"] for f in result["working"]["pet_after"]] == ["pet1"]
 
 
 PET_RULES = """\
@@ -398,9 +398,9 @@ def test_an_integer_joins_an_equal_float(tmp_path: Path) -> None:
         },
     ]
     result = cds.evaluate(facts)
-    assert [f["condition"] for f in result["findings"]["same_number"]] == ["c"]
-    assert result["findings"]["same_number"][0]["grade"] == 2  # the output keeps the integer
-    assert isinstance(result["findings"]["same_number"][0]["grade"], int)
+    assert [f["condition"] for f in result["working"]["same_number"]] == ["c"]
+    assert result["working"]["same_number"][0]["grade"] == 2  # the output keeps the integer
+    assert isinstance(result["working"]["same_number"][0]["grade"], int)
 
 
 JOIN_RULES = """\

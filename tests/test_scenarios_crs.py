@@ -38,7 +38,7 @@ def test_crs_grade_at_each_time_point_matches_the_scenario(
         if "fever_requirement_waived" in point:
             assert crs["fever_requirement_waived"] == point["fever_requirement_waived"]
         for domain, grade in point.get("domain_grades", {}).items():
-            assert steps[sc.at(point["t"])]["findings"][f"crs_{domain}"]["grade"] == grade
+            assert steps[sc.at(point["t"])]["working"][f"crs_{domain}"]["grade"] == grade
 
 
 @pytest.mark.parametrize("vid", CRS_SCENARIOS)
@@ -70,9 +70,9 @@ def test_v23_onset_is_22_hours_after_infusion_and_early(
     sc = scenarios["V23"]
     point = sc.expected["crs_timeline"][1]
     result = cds.evaluate(sc.facts, as_of=sc.at(point["t"]))
-    assert result["findings"]["crs_onset"]["onset_hours"] == point["onset_hours_post_infusion"]
+    assert result["working"]["crs_onset"]["onset_hours"] == point["onset_hours_post_infusion"]
     assert "CONSIDER_DEX_10MG_IV_Q24H_EARLY_ONSET" in codes(result)
-    flags = {f["flag"] for f in result["findings"]["crs_flag"]}
+    flags = {f["flag"] for f in result["working"]["crs_flag"]}
     assert set(sc.expected["flags"]) <= flags
 
 
@@ -83,7 +83,7 @@ def test_v23_37_9_is_not_fever_but_38_0_is(
     before = cds.evaluate(sc.facts, as_of=sc.at("D+1T06:00"))
     assert "crs_fever" not in before["findings"]
     after = cds.evaluate(sc.facts, as_of=sc.at("D+1T10:00"))
-    assert after["findings"]["crs_fever"][0]["temperature_cel"] == 38.0
+    assert after["working"]["crs_fever"][0]["temperature_cel"] == 38.0
 
 
 def decisions_by_time(result: dict[str, Any], sc: Scenario) -> dict[str, dict[str, Any]]:
@@ -135,8 +135,8 @@ def test_v30_six_litres_is_grade_2_and_seven_is_grade_3(
 ) -> None:
     sc = scenarios["V30"]
     steps = timeline_by_time(cds, sc)
-    assert steps[sc.at("D+3T09:10")]["findings"]["crs_hypoxia"]["grade"] == 2
-    assert steps[sc.at("D+3T15:00")]["findings"]["crs_hypoxia"]["grade"] == 3
+    assert steps[sc.at("D+3T09:10")]["working"]["crs_hypoxia"]["grade"] == 2
+    assert steps[sc.at("D+3T15:00")]["working"]["crs_hypoxia"]["grade"] == 3
 
 
 @pytest.mark.parametrize("vid", ["V10", "V22"])

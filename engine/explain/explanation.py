@@ -288,7 +288,8 @@ class TraceIndex:
             elif event == "superseded" and record.get("fact") is not None:
                 self.superseded[str(record["fact"])] = str(record["by"])
         self.combined: dict[str, tuple[str, Mapping[str, Any]]] = {}  # a- id -> (name, value)
-        for name, value in evaluation.get("findings", {}).items():
+        everything = {**evaluation.get("working", {}), **evaluation.get("findings", {})}
+        for name, value in everything.items():
             if isinstance(value, Mapping) and str(value.get("id", "")).startswith("a-"):
                 self.combined[str(value["id"])] = (name, value)
         self._because: dict[FiringId, frozenset[str]] = {}

@@ -1088,7 +1088,8 @@ def compare(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) -> Differe
     problems (and so the status), the trace (in order; file:line compared without the
     directory) and the patient and `as_of`. The rule set, engine and policy blocks are
     context, not part of the decision (see `Replay.context`)."""
-    f_before, f_after = recorded.get("findings", {}), replayed.get("findings", {})
+    f_before = {**recorded.get("working", {}), **recorded.get("findings", {})}
+    f_after = {**replayed.get("working", {}), **replayed.get("findings", {})}
     changed = {
         name: tuple(_finding_changes(f_before[name], f_after[name]))
         for name in sorted(set(f_before) & set(f_after))
@@ -1100,7 +1101,15 @@ def compare(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) -> Differe
     j_removed, j_added = _multiset_diff(input_problems_of(recorded), input_problems_of(replayed))
     t_before, t_after = list(recorded.get("trace", [])), list(replayed.get("trace", []))
     t_removed, t_added = _trace_diff(t_before, t_after)
-    skip = {"findings", "recommendations", "rejected", "input_problems", "trace", *_CONTEXT}
+    skip = {
+        "findings",
+        "working",
+        "recommendations",
+        "rejected",
+        "input_problems",
+        "trace",
+        *_CONTEXT,
+    }
     other = [
         change
         for key in sorted((set(recorded) | set(replayed)) - skip)

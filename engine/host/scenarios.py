@@ -194,7 +194,10 @@ class _Run:
                 as_of = self.sc.at(t)
                 limit = parse_time(as_of)[1]
                 facts = [f for f in self.sc.facts if _time_of(f) <= limit]
-            self._cache[t] = self.engine.evaluate(facts, as_of=as_of)
+            evaluation = self.engine.evaluate(facts, as_of=as_of)
+            # a scenario may check any finding, public or working state
+            evaluation["findings"] = {**evaluation["working"], **evaluation["findings"]}
+            self._cache[t] = evaluation
         return self._cache[t]
 
     def time_points(self) -> list[str | None]:

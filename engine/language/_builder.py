@@ -26,6 +26,7 @@ from engine.language.ruleset import (
     Scalar,
     Test,
 )
+from engine.language.terms import terms
 from engine.language.texts import placeholders, render, stated_numbers
 from engine.language.vocabulary import Vocabulary
 
@@ -308,6 +309,22 @@ class _RuleBuilder:
                     pointer,
                     f"unknown observation name {value!r}"
                     f"{suggest(str(value), self.ctx.vocab.observation_names)}",
+                )
+            return
+        governed = terms().governed(name, fld)
+        if governed is not None and isinstance(value, str):
+            canonical = governed.lookup(value)
+            if canonical is None:
+                self.error(
+                    pointer,
+                    f"unknown {name}.{fld} {value!r}: not in the {governed.name} vocabulary "
+                    f"(schemas/terms.json){suggest(value, governed.names())}",
+                )
+            elif canonical != value:
+                self.error(
+                    pointer,
+                    f"{value!r} is a synonym: facts are read into the canonical name, so "
+                    f"write {canonical!r} (schemas/terms.json)",
                 )
             return
         ftype = self.ctx.vocab.types[name]

@@ -146,6 +146,7 @@ class FindingDecl:
     collect: Mapping[str, Collect] = field(default_factory=dict)  # output field -> how
     fail_safe: FailSafe | None = None
     origin: Literal["rules", "concept", "aggregate"] = "rules"  # who concludes it
+    public: bool = False  # in the evaluation's `findings` (else under `working`)
 
 
 @dataclass(frozen=True)

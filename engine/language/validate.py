@@ -494,6 +494,7 @@ def _collect_findings(ctx: _Context, doc: YamlDoc) -> None:
             doc.locate_key(pointer)[0],
             collected,
             fail_safe,
+            public=raw.get("public") is True,
         )
 
 

@@ -141,8 +141,11 @@ class Engine:
         rs = self.ruleset
         now = as_of or (iso(session.now) if session.now is not None else None)
         problems = _unique([*extra_problems, *session.input_problems()])
-        findings = session.findings()
-        degrade(findings, problems, self.impact, rs)
+        everything = session.findings()
+        degrade(everything, problems, self.impact, rs)
+        public = {n for n, d in rs.findings.items() if d.public}
+        findings = {n: v for n, v in everything.items() if n in public}
+        working = {n: v for n, v in everything.items() if n not in public}
         later = list(after_as_of) if after_as_of is not None else session.after_as_of()
         return {
             "patient": session.patient,
@@ -156,6 +159,7 @@ class Engine:
             },
             "policy": rs.policy(),
             "findings": findings,
+            "working": working,
             "recommendations": session.recommendations(),
             "input_problems": [p.as_dict() for p in problems],
             "after_as_of": later,
@@ -176,8 +180,9 @@ class Engine:
         out["input_problems"] = [*out["input_problems"], *(p.as_dict() for p in added)]
         if any(p.is_error for p in problems):
             out["status"] = "incomplete"
-        out["findings"] = json.loads(json.dumps(out["findings"]))
-        degrade(out["findings"], list(problems), self.impact, self.ruleset)
+        for part in ("findings", "working"):
+            out[part] = json.loads(json.dumps(out[part]))
+            degrade(out[part], list(problems), self.impact, self.ruleset)
         return out
 
 
