@@ -1,0 +1,144 @@
+"""A cohort run from end to end: check the rules, start the runner, feed it with a
+progress bar, write the tables; and `diff_outcomes` for two rule sets."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine._resources import engine_version
+from engine.host.cohort.rules import RulesSpec
+from engine.host.cohort.runners import DaskRunner, LocalRunner, Runner, replay
+from engine.host.cohort.sources import Source
+from engine.host.cohort.tables import write_tables
+from engine.host.cohort.work import SUMMARY_COLUMNS, BatchResult, Row
+
+__all__ = ["PatientChange", "diff_outcomes", "evaluate_cohort", "run_cohort"]
+
+
+def evaluate_cohort(
+    source: Source,
+    specs: Sequence[RulesSpec],
+    *,
+    as_of: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool | None = None,
+) -> list[BatchResult]:
+    """Every patient of `source` under each spec (the results in spec order). A local pool
+    of `workers` processes (default: the CPU count), or the Dask cluster at `scheduler`."""
+    from tqdm import tqdm
+
+    keys = [s.key for s in specs]
+    runner: Runner
+    if scheduler is not None:
+        runner = DaskRunner(specs, scheduler)
+    else:
+        runner = LocalRunner(specs, workers or os.cpu_count() or 1)
+    patients = len(source.patients)
+    # progress None: a bar only when standard error is a terminal (tqdm's disable=None)
+    disable = None if progress is None else not progress
+    with tqdm(total=patients, unit="patient", file=sys.stderr, disable=disable) as bar:
+        try:
+            merged = replay(runner, source, patients, keys, as_of, bar.update)
+        finally:
+            runner.close()
+    return [merged[k] for k in keys]
+
+
+def run_cohort(
+    source: Source,
+    spec: RulesSpec,
+    out: Path,
+    *,
+    as_of: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool | None = None,
+) -> tuple[BatchResult, dict[str, int]]:
+    """Check and compile the rules here first (a problem is reported before any worker
+    starts), evaluate, write the tables under `out`."""
+    cds = spec.load()
+    rs = cds.ruleset
+    (result,) = evaluate_cohort(source, [spec], as_of=as_of, workers=workers,
+                                scheduler=scheduler, progress=progress)  # fmt: skip
+    manifest: dict[str, Any] = {
+        "ruleset": {"name": rs.name, "version": rs.version, "digest": rs.digest},
+        "engine": engine_version(),
+        "policy_overrides": dict(spec.policy),
+        "as_of": as_of,
+        "time_points": "as_of" if as_of is not None else "every distinct fact time",
+        "patients": len(result.summary),
+    }
+    return result, write_tables(out, result, manifest)
+
+
+@dataclass
+class PatientChange:
+    """How one patient's outcome differs between two rule sets."""
+
+    patient: str
+    first_as_of: str | None
+    findings: list[str] = field(default_factory=list)
+    recommendations: list[str] = field(default_factory=list)
+    summary: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "patient": self.patient,
+            "first_as_of": self.first_as_of,
+            "findings": self.findings,
+            "recommendations": self.recommendations,
+            "summary": {k: {"old": o, "new": n} for k, (o, n) in self.summary.items()},
+        }
+
+    def text(self) -> str:
+        parts = [f"{self.patient}: from {self.first_as_of or '-'}"]
+        if self.findings:
+            parts.append("findings " + ", ".join(self.findings))
+        if self.recommendations:
+            parts.append("recommendations " + ", ".join(self.recommendations))
+        parts += [f"{k} {o!r} -> {n!r}" for k, (o, n) in self.summary.items()]
+        return "; ".join(parts)
+
+
+def _by_patient(rows: Sequence[Row]) -> dict[str, set[Row]]:
+    out: dict[str, set[Row]] = {}
+    for row in rows:
+        out.setdefault(row[0], set()).add(row)
+    return out
+
+
+def diff_outcomes(old: BatchResult, new: BatchResult) -> list[PatientChange]:
+    """The patients whose findings, recommendations or summary differ, in id order."""
+    of, nf = _by_patient(old.findings), _by_patient(new.findings)
+    orec, nrec = _by_patient(old.recommendations), _by_patient(new.recommendations)
+    osum = {r[0]: r for r in old.summary}
+    nsum = {r[0]: r for r in new.summary}
+    changes: list[PatientChange] = []
+    for patient in sorted(set(osum) | set(nsum)):
+        f = of.get(patient, set()) ^ nf.get(patient, set())
+        r = orec.get(patient, set()) ^ nrec.get(patient, set())
+        before, after = osum.get(patient), nsum.get(patient)
+        summary = {
+            c: (before[i] if before else None, after[i] if after else None)
+            for i, c in enumerate(SUMMARY_COLUMNS)
+            if i > 0 and (before[i] if before else None) != (after[i] if after else None)
+        }
+        if not (f or r or summary):
+            continue
+        steps = sorted((row[1], row[2]) for row in f | r)
+        changes.append(
+            PatientChange(
+                patient,
+                steps[0][1] if steps else None,
+                sorted({row[3] for row in f}),
+                sorted({row[3] for row in r}),
+                summary,
+            )
+        )
+    return changes
