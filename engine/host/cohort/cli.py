@@ -6,6 +6,7 @@ or (`diff`) some outcomes change; 2 bad usage or an unreadable source.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -109,13 +110,13 @@ def cohort_diff(
 ) -> None:
     """Which patients' outcomes (findings, recommendations, grades, decisions) would change
     from OLD_RULES to NEW_RULES: exit 0 if none, 1 if some."""
-    from engine.host.cohort.replay import diff_outcomes, evaluate_cohort
+    from engine.host.cohort.replay import checked, diff_outcomes, evaluate_cohort
     from engine.host.cohort.sources import open_source
 
     _checked_as_of(as_of)
     old, new = _spec(old_rules, policy), _spec(new_rules, policy)
     for spec in (old, new):
-        _guard(spec.load)  # every problem of either rule set before any work
+        _guard(functools.partial(checked, spec))  # every problem of either rule set first
     source_ = _guard(lambda: open_source(source, store))
     before, after = _guard(lambda: evaluate_cohort(source_, [old, new], as_of=as_of,
                                                    workers=workers, scheduler=scheduler,

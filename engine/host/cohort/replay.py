@@ -11,13 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from engine._resources import engine_version
-from engine.host.cohort.rules import RulesSpec
+from engine.host.cohort.rules import RulesSpec, engine_for, install
 from engine.host.cohort.runners import DaskRunner, LocalRunner, Runner, replay
 from engine.host.cohort.sources import Source
 from engine.host.cohort.tables import write_tables
 from engine.host.cohort.work import SUMMARY_COLUMNS, BatchResult, Row
+from engine.runtime.api import Engine
 
-__all__ = ["PatientChange", "diff_outcomes", "evaluate_cohort", "run_cohort"]
+__all__ = ["PatientChange", "checked", "diff_outcomes", "evaluate_cohort", "run_cohort"]
+
+
+def checked(spec: RulesSpec) -> Engine:
+    """The spec compiled in this process (once: a second run reuses it); raises
+    `RuleSetError` with every problem."""
+    install(spec)
+    return engine_for(spec.key)
 
 
 def evaluate_cohort(
@@ -61,8 +69,8 @@ def run_cohort(
     progress: bool | None = None,
 ) -> tuple[BatchResult, dict[str, int]]:
     """Check and compile the rules here first (a problem is reported before any worker
-    starts), evaluate, write the tables under `out`."""
-    cds = spec.load()
+    starts; `checked`), evaluate, write the tables under `out`."""
+    cds = checked(spec)
     rs = cds.ruleset
     (result,) = evaluate_cohort(source, [spec], as_of=as_of, workers=workers,
                                 scheduler=scheduler, progress=progress)  # fmt: skip

@@ -126,8 +126,9 @@ def replay(
     as_of: str | None,
     progress: Callable[[int], object] = lambda n: None,
 ) -> dict[str, BatchResult]:
-    """Every patient under every rules key; `progress(n)` after each batch of n patients
-    (counted once, under the last key)."""
+    """Every patient under every rules key (a key given twice runs once); `progress(n)`
+    after each batch of n patients (counted once, under the last key)."""
+    keys = list(dict.fromkeys(keys))
     merged = {key: BatchResult() for key in keys}
     inflight = 2 * runner.workers * len(keys)
     pending: dict[Any, tuple[str, int]] = {}
