@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine._resources import rules_dir
+from engine.errors import CartCdsError
 from engine.host.cohort.sources import CohortError
 from engine.language.ruleset import Scalar
 from engine.runtime.api import Engine, load_rules
 
-__all__ = ["RulesSpec", "engine_for", "install"]
+__all__ = ["RulesSpec", "engine_for", "install", "install_and_compile"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,17 @@ def install(*specs: RulesSpec) -> None:
     with _lock:
         for spec in specs:
             _specs.setdefault(spec.key, spec)
+
+
+def install_and_compile(*specs: RulesSpec) -> None:
+    """A pool initializer: install and compile now, so a new worker is ready before its
+    first task (a problem in the rules is raised by that task)."""
+    install(*specs)
+    for spec in specs:
+        try:
+            engine_for(spec.key)
+        except CartCdsError:
+            return
 
 
 def engine_for(key: str) -> Engine:

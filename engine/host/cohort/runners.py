@@ -1,7 +1,8 @@
 """The same tasks on a local process pool or a Dask cluster, and the loop that feeds them.
 
-Both runners install the rule specs once per worker process (a pool initializer; a Dask
-worker plugin, which also reaches workers that join later), then run
+Both runners install the rule specs once per worker process (a pool initializer, which
+also compiles them; a Dask worker plugin, which also reaches workers that join later and
+leaves the compiling to the first task, off the worker's event loop), then run
 `work.evaluate_batch(key, batch, as_of)`: one task per batch of patients. The driver keeps
 a bounded number of batches in flight, so a large source is never all in memory, and
 merges results in whatever order they finish (the tables sort them).
@@ -15,7 +16,7 @@ import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
-from engine.host.cohort.rules import RulesSpec, install
+from engine.host.cohort.rules import RulesSpec, install_and_compile
 from engine.host.cohort.sources import CohortError, PatientFacts
 from engine.host.cohort.work import BatchResult, evaluate_batch
 
@@ -37,14 +38,15 @@ class Runner(Protocol):
 
 
 class LocalRunner:
-    """A pool of `workers` processes (spawned: no fork of a threaded parent)."""
+    """A pool of `workers` processes (spawned: no fork of a threaded parent), each
+    compiling the rules as it starts."""
 
     def __init__(self, specs: Sequence[RulesSpec], workers: int) -> None:
         self.workers = workers
         self._pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=install,
+            initializer=install_and_compile,
             initargs=tuple(specs),
         )
 
