@@ -74,7 +74,7 @@ class DaskRunner:
         from engine.host.cohort._dask import InstallRules
 
         try:
-            self._client = distributed.Client(address, set_as_default=False, timeout=timeout)
+            self._client = distributed.Client(address, set_as_default=False, timeout=15)
         except (OSError, TimeoutError) as exc:
             raise CohortError(f"cannot reach the Dask scheduler {address!r}: {exc}") from exc
         self._distributed = distributed
