@@ -38,6 +38,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -187,8 +188,9 @@ def _pid() -> int:
 
 
 def _cohort(patients: int, days: int, workers: int) -> tuple[float, float, float]:
-    """Start-up (pool, compile) and replay seconds of a generated cohort at every time
-    point, through the same runner and loop as `cart-cds cohort run`; and the CPU seconds
+    """Start-up (pool, compile) and replay seconds (tables written) of a generated cohort at
+    every time point, through the same runner, loop and writer as `cart-cds cohort run`;
+    and the CPU seconds
     its worker processes used, start-up included (on a shared machine, wall time over CPU
     time shows how much of the cores the run really had)."""
     import cohort_gen
@@ -196,6 +198,7 @@ def _cohort(patients: int, days: int, workers: int) -> tuple[float, float, float
     from engine.host.cohort.rules import RulesSpec
     from engine.host.cohort.runners import LocalRunner, replay
     from engine.host.cohort.sources import PatientFacts
+    from engine.host.cohort.tables import CohortWriter
 
     cohort = [PatientFacts(f[0]["patient"], f, bind=True)
               for f in cohort_gen.generate_cohort(3, patients, days)]  # fmt: skip
@@ -209,7 +212,11 @@ def _cohort(patients: int, days: int, workers: int) -> tuple[float, float, float
         while len(seen) < workers and time.perf_counter() - start < 300:
             seen |= {f.result() for f in [runner._pool.submit(_pid) for _ in range(workers)]}
         startup = time.perf_counter() - start
-        seconds = _timed(lambda: replay(runner, cohort, len(cohort), [spec.key], None))
+        with tempfile.TemporaryDirectory() as tmp:
+            writer = CohortWriter(Path(tmp))
+            seconds = _timed(lambda: replay(runner, cohort, len(cohort), [spec.key], None,
+                                            writer.deliver))  # fmt: skip
+            writer.close({})
     finally:
         runner.close()  # joins the workers: their CPU time is counted now
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

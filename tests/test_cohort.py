@@ -121,21 +121,22 @@ def test_the_three_sources_give_the_same_patients_and_facts(cohort: Path) -> Non
 
 
 def test_a_bad_source_is_named(tmp_path: Path) -> None:
-    with pytest.raises(CohortError, match=r"no such directory or file .*nowhere"):
+    with pytest.raises(CohortError, match=r"no such directory or file '.*nowhere'"):
         open_source(str(tmp_path / "nowhere"), None)
-    lone = tmp_path / "lone.ndjson"
-    lone.write_text('{"type": "patient", "time": "2025-01-01"}\n', encoding="utf-8")
-    with pytest.raises(CohortError, match="fact 1 has no 'patient' field"):
-        open_source(str(lone), None)
+    (tmp_path / "p1.json").write_text("[{]", encoding="utf-8")
+    with pytest.raises(CohortError, match=r"p1\.json': line 1: invalid JSON"):
+        list(open_source(str(tmp_path), None))
 
 
-def test_an_unreadable_fact_file_exits_2_naming_it(
+def test_an_ndjson_fact_without_a_patient_exits_2_naming_it(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    (tmp_path / "p1.json").write_text("[{]", encoding="utf-8")
-    code, _, err = cli(capsys, "cohort", "run", str(tmp_path), "--out", str(tmp_path / "o"))
+    lone = tmp_path / "lone.ndjson"
+    lone.write_text('{"type": "patient", "time": "2025-01-01"}\n', encoding="utf-8")
+    code, _, err = cli(capsys, "cohort", "run", str(lone), "--out", str(tmp_path / "o"))
     assert code == 2
-    assert "p1.json" in err and "invalid JSON" in err
+    assert "lone.ndjson': fact 1 has no 'patient' field" in err
+    assert not (tmp_path / "o").exists()
 
 
 # --------------------------------------------------------------------------- runs

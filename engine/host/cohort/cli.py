@@ -83,10 +83,10 @@ def cohort_run(
     _checked_as_of(as_of)
     spec = _spec(rules, policy)
     source_ = _guard(lambda: open_source(source, store))
-    result, counts = _guard(lambda: run_cohort(source_, spec, Path(out), as_of=as_of,
-                                               workers=workers, scheduler=scheduler,
-                                               progress=progress))  # fmt: skip
-    click.echo(overview(result.summary))
+    summary, counts = _guard(lambda: run_cohort(source_, spec, Path(out), as_of=as_of,
+                                                workers=workers, scheduler=scheduler,
+                                                progress=progress))  # fmt: skip
+    click.echo(overview(summary))
     for name, rows in counts.items():
         click.echo(f"wrote {Path(out, name)}.parquet and .csv ({rows} rows)")
 
@@ -110,7 +110,7 @@ def cohort_diff(
 ) -> None:
     """Which patients' outcomes (findings, recommendations, grades, decisions) would change
     from OLD_RULES to NEW_RULES: exit 0 if none, 1 if some."""
-    from engine.host.cohort.replay import checked, diff_outcomes, evaluate_cohort
+    from engine.host.cohort.replay import checked, diff_cohort
     from engine.host.cohort.sources import open_source
 
     _checked_as_of(as_of)
@@ -118,17 +118,16 @@ def cohort_diff(
     for spec in (old, new):
         _guard(functools.partial(checked, spec))  # every problem of either rule set first
     source_ = _guard(lambda: open_source(source, store))
-    before, after = _guard(lambda: evaluate_cohort(source_, [old, new], as_of=as_of,
+    patients, changes = _guard(lambda: diff_cohort(source_, old, new, as_of=as_of,
                                                    workers=workers, scheduler=scheduler,
                                                    progress=progress))  # fmt: skip
-    changes = diff_outcomes(before, after)
     if fmt == "json":
-        doc = {"patients": len(before.summary), "changed": [c.as_dict() for c in changes]}
+        doc = {"patients": patients, "changed": [c.as_dict() for c in changes]}
         click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
     else:
         for change in changes:
             click.echo(change.text())
-        click.echo(f"{len(changes)} of {len(before.summary)} patient(s) change")
+        click.echo(f"{len(changes)} of {patients} patient(s) change")
     if changes:
         raise SystemExit(1)
 

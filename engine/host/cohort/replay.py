@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,18 @@ from engine._resources import engine_version
 from engine.host.cohort.rules import RulesSpec, engine_for, install
 from engine.host.cohort.runners import DaskRunner, LocalRunner, Runner, replay
 from engine.host.cohort.sources import Source
-from engine.host.cohort.tables import write_tables
+from engine.host.cohort.tables import CohortWriter
 from engine.host.cohort.work import SUMMARY_COLUMNS, BatchResult, Row
 from engine.runtime.api import Engine
 
-__all__ = ["PatientChange", "checked", "diff_outcomes", "evaluate_cohort", "run_cohort"]
+__all__ = [
+    "PatientChange",
+    "checked",
+    "diff_cohort",
+    "diff_outcomes",
+    "evaluate_cohort",
+    "run_cohort",
+]
 
 
 def checked(spec: RulesSpec) -> Engine:
@@ -31,17 +38,18 @@ def checked(spec: RulesSpec) -> Engine:
 def evaluate_cohort(
     source: Source,
     specs: Sequence[RulesSpec],
+    deliver: Callable[[int, str, BatchResult], object],
     *,
     as_of: str | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
     progress: bool | None = None,
-) -> list[BatchResult]:
-    """Every patient of `source` under each spec (the results in spec order). A local pool
-    of `workers` processes (default: the CPU count), or the Dask cluster at `scheduler`."""
+) -> None:
+    """Every patient of `source` under each spec, each batch's result handed to `deliver`
+    as it finishes. A local pool of `workers` processes (default: the CPU count), or the
+    Dask cluster at `scheduler`."""
     from tqdm import tqdm
 
-    keys = [s.key for s in specs]
     runner: Runner
     if scheduler is not None:
         runner = DaskRunner(specs, scheduler)
@@ -52,10 +60,10 @@ def evaluate_cohort(
     disable = None if progress is None else not progress
     with tqdm(total=patients, unit="patient", file=sys.stderr, disable=disable) as bar:
         try:
-            merged = replay(runner, source, patients, keys, as_of, bar.update)
+            keys = [s.key for s in specs]
+            replay(runner, source, patients, keys, as_of, deliver, bar.update)
         finally:
             runner.close()
-    return [merged[k] for k in keys]
 
 
 def run_cohort(
@@ -67,22 +75,58 @@ def run_cohort(
     workers: int | None = None,
     scheduler: str | None = None,
     progress: bool | None = None,
-) -> tuple[BatchResult, dict[str, int]]:
+) -> tuple[list[Row], dict[str, int]]:
     """Check and compile the rules here first (a problem is reported before any worker
-    starts; `checked`), evaluate, write the tables under `out`."""
+    starts; `checked`), evaluate, write the tables under `out` as batches finish.
+    Returns the summary rows and the rows per table."""
     cds = checked(spec)
     rs = cds.ruleset
-    (result,) = evaluate_cohort(source, [spec], as_of=as_of, workers=workers,
-                                scheduler=scheduler, progress=progress)  # fmt: skip
-    manifest: dict[str, Any] = {
-        "ruleset": {"name": rs.name, "version": rs.version, "digest": rs.digest},
-        "engine": engine_version(),
-        "policy_overrides": dict(spec.policy),
-        "as_of": as_of,
-        "time_points": "as_of" if as_of is not None else "every distinct fact time",
-        "patients": len(result.summary),
-    }
-    return result, write_tables(out, result, manifest)
+    writer = CohortWriter(out)
+    manifest: dict[str, Any] | None = None
+    try:
+        evaluate_cohort(source, [spec], writer.deliver, as_of=as_of, workers=workers,
+                        scheduler=scheduler, progress=progress)  # fmt: skip
+        manifest = {
+            "ruleset": {"name": rs.name, "version": rs.version, "digest": rs.digest},
+            "engine": engine_version(),
+            "policy_overrides": dict(spec.policy),
+            "as_of": as_of,
+            "time_points": "as_of" if as_of is not None else "every distinct fact time",
+            "patients": len(writer.summary),
+        }
+    finally:
+        counts = writer.close(manifest)
+    return writer.summary, counts
+
+
+def diff_cohort(
+    source: Source,
+    old: RulesSpec,
+    new: RulesSpec,
+    *,
+    as_of: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool | None = None,
+) -> tuple[int, list[PatientChange]]:
+    """The patients whose outcome differs between two rule sets (each batch compared as
+    soon as both results are in); returns the patient count and the changes by patient."""
+    waiting: dict[int, dict[str, BatchResult]] = {}
+    changes: list[PatientChange] = []
+    patients = 0
+
+    def deliver(number: int, key: str, result: BatchResult) -> None:
+        nonlocal patients
+        pair = waiting.setdefault(number, {})
+        pair[key] = result
+        if old.key == new.key or len(pair) == 2:
+            del waiting[number]
+            patients += len(result.summary)
+            changes.extend(diff_outcomes(pair[old.key], pair[new.key]))
+
+    evaluate_cohort(source, [old, new], deliver, as_of=as_of, workers=workers,
+                    scheduler=scheduler, progress=progress)  # fmt: skip
+    return patients, sorted(changes, key=lambda c: c.patient)
 
 
 @dataclass

@@ -5,7 +5,7 @@ also compiles them; a Dask worker plugin, which also reaches workers that join l
 leaves the compiling to the first task, off the worker's event loop), then run
 `work.evaluate_batch(key, batch, as_of)`: one task per batch of patients. The driver keeps
 a bounded number of batches in flight, so a large source is never all in memory, and
-merges results in whatever order they finish (the tables sort them).
+hands each result on as it finishes, with its batch number (the tables put them in order).
 """
 
 from __future__ import annotations
@@ -126,31 +126,32 @@ def replay(
     patients: int,
     keys: Sequence[str],
     as_of: str | None,
+    deliver: Callable[[int, str, BatchResult], object],
     progress: Callable[[int], object] = lambda n: None,
-) -> dict[str, BatchResult]:
-    """Every patient under every rules key (a key given twice runs once); `progress(n)`
-    after each batch of n patients (counted once, under the last key)."""
+) -> None:
+    """Every patient under every rules key (a key given twice runs once). Batches are
+    consecutive runs of the source's patients, numbered from 0; `deliver(number, key,
+    result)` gets each result as it finishes (in any order), `progress(n)` counts the
+    patients of each batch once."""
     keys = list(dict.fromkeys(keys))
-    merged = {key: BatchResult() for key in keys}
     inflight = 2 * runner.workers * len(keys)
-    pending: dict[Any, tuple[str, int]] = {}
+    pending: dict[Any, tuple[int, str, int]] = {}
+    left: dict[int, int] = {}
 
     def collect(block: bool) -> None:
         while pending and (block or len(pending) >= inflight):
             done, _rest = runner.wait_first(set(pending))
             for future in done:
-                key, size = pending.pop(future)
-                found = runner.result(future)
-                into = merged[key]
-                into.findings += found.findings
-                into.recommendations += found.recommendations
-                into.summary += found.summary
-                if key == keys[-1]:
+                number, key, size = pending.pop(future)
+                deliver(number, key, runner.result(future))
+                left[number] -= 1
+                if not left[number]:
+                    del left[number]
                     progress(size)
 
-    for batch in _batches(source, batch_size(patients, runner.workers)):
+    for number, batch in enumerate(_batches(source, batch_size(patients, runner.workers))):
+        left[number] = len(keys)
         for key in keys:
-            pending[runner.submit(key, batch, as_of)] = (key, len(batch))
+            pending[runner.submit(key, batch, as_of)] = (number, key, len(batch))
         collect(block=False)
     collect(block=True)
-    return merged

@@ -53,7 +53,8 @@ class Source(Protocol):
 class DirectorySource:
     def __init__(self, directory: Path) -> None:
         self.files = sorted(
-            p for p in directory.iterdir() if p.is_file() and p.suffix in FACT_FILE_SUFFIXES
+            (p for p in directory.iterdir() if p.is_file() and p.suffix in FACT_FILE_SUFFIXES),
+            key=lambda p: (p.stem, p.suffix),
         )
         if not self.files:
             raise CohortError(f"no fact files (*.json, *.ndjson) in {str(directory)!r}")

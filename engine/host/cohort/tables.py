@@ -3,7 +3,8 @@ as `.parquet` and `.csv`, plus `cohort.json` (the rules, policy and counts).
 
 Rows are sorted on every column, in column order, so the files depend only on the rules,
 the facts and `as_of`: never on the worker count, the batch size or the finishing order.
-Nothing run-dependent (wall time, host, worker ids) is written.
+Nothing run-dependent (wall time, host, worker ids) is written. Rows are written as the
+batches finish, so memory holds a few batches, not the cohort.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from engine.host.cohort.work import (
     Row,
 )
 
-__all__ = ["TABLES", "overview", "sort_rows", "write_tables"]
+__all__ = ["TABLES", "CohortWriter", "overview", "sort_rows"]
+
+ROW_GROUP = 50_000  # rows per Parquet row group
 
 _INT = {"step", "grade", "facts", "time_points", "crs_grade", "crs_max_grade", "icans_grade",
         "icans_max_grade", "recommendations", "critical", "incomplete_evaluations",
@@ -49,22 +52,81 @@ def _table(columns: Sequence[str], rows: Sequence[Row]) -> Any:
     return pa.Table.from_pydict(data, schema=schema)
 
 
-def write_tables(out: Path, result: BatchResult, manifest: Mapping[str, Any]) -> dict[str, int]:
-    """Write every table (parquet and CSV) and the manifest; returns rows per table."""
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
+class _TableFile:
+    """One table as Parquet and CSV, written as rows come, in row groups of a fixed size
+    (so the bytes do not depend on how the rows were batched); `.part` names until done."""
 
-    out.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, int] = {}
-    for name, columns in TABLES.items():
-        rows = sort_rows(getattr(result, name))
-        table = _table(columns, rows)
-        pq.write_table(table, out / f"{name}.parquet", compression="zstd")
-        pcsv.write_csv(table, out / f"{name}.csv")
-        counts[name] = len(rows)
-    doc = {**manifest, "rows": counts}
-    (out / "cohort.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", "utf-8")
-    return counts
+    def __init__(self, out: Path, name: str, columns: Sequence[str]) -> None:
+        import pyarrow.csv as pcsv
+        import pyarrow.parquet as pq
+
+        self.columns = columns
+        self.paths = [out / f"{name}.parquet", out / f"{name}.csv"]
+        schema = _table(columns, []).schema
+        self._parquet = pq.ParquetWriter(self._part(0), schema, compression="zstd")
+        self._csv = pcsv.CSVWriter(self._part(1), schema)
+        self._buffer: list[Row] = []
+        self.rows = 0
+
+    def _part(self, n: int) -> Path:
+        return self.paths[n].with_name(self.paths[n].name + ".part")
+
+    def add(self, rows: Sequence[Row]) -> None:
+        self._buffer += rows
+        while len(self._buffer) >= ROW_GROUP:
+            self._write(self._buffer[:ROW_GROUP])
+            del self._buffer[:ROW_GROUP]
+
+    def _write(self, rows: Sequence[Row]) -> None:
+        table = _table(self.columns, rows)
+        self._parquet.write_table(table, row_group_size=ROW_GROUP)
+        self._csv.write_table(table)
+        self.rows += len(rows)
+
+    def close(self, keep: bool) -> None:
+        if keep and self._buffer:
+            self._write(self._buffer)
+        self._parquet.close()
+        self._csv.close()
+        for n, path in enumerate(self.paths):
+            if keep:
+                self._part(n).replace(path)
+            else:
+                self._part(n).unlink(missing_ok=True)
+
+
+class CohortWriter:
+    """Takes batch results in any order (`deliver`) and writes them in batch order, each
+    batch's rows sorted: batches are consecutive runs of patients in id order, so the
+    files are sorted on every column, whatever the batch size or finishing order."""
+
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        self.summary: list[Row] = []
+        self._files = {name: _TableFile(out, name, cols) for name, cols in TABLES.items()}
+        self._waiting: dict[int, BatchResult] = {}
+        self._next = 0
+
+    def deliver(self, number: int, key: str, result: BatchResult) -> None:
+        self._waiting[number] = result
+        while self._next in self._waiting:
+            ready = self._waiting.pop(self._next)
+            for name, file in self._files.items():
+                file.add(sort_rows(getattr(ready, name)))
+            self.summary += sort_rows(ready.summary)
+            self._next += 1
+
+    def close(self, manifest: Mapping[str, Any] | None) -> dict[str, int]:
+        """Finish the files and write `cohort.json` (`manifest` None: a failed run, the
+        partial files are removed); returns rows per table."""
+        for file in self._files.values():
+            file.close(keep=manifest is not None)
+        counts = {name: file.rows for name, file in self._files.items()}
+        if manifest is not None:
+            doc = json.dumps({**manifest, "rows": counts}, indent=2, sort_keys=True)
+            (self.out / "cohort.json").write_text(doc + "\n", "utf-8")
+        return counts
 
 
 def overview(summary: Sequence[Row]) -> str:
