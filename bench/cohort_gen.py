@@ -7,8 +7,9 @@ Per patient (`C00001`, ...), facts as a host sends them (schemas/fact.schema.jso
 
 - screening at D-35: patient, diagnosis, two lines of therapy, a relapse, HSCT
   ineligibility, ECOG, organ function, blood counts, serologies, no infection, the product;
-- apheresis at D-28, LDH at D-25 and D-14, lymphodepletion at D-5, the infusion at D0 10:00
-  with travel time and caregiver;
+- apheresis at D-28, LDH at D-25 and D-14, renal function and blood counts, CRP and
+  ferritin at D-6, lymphodepletion at D-5, the infusion at D0 10:00 with travel time and
+  caregiver;
 - inpatient from D0 to discharge (D+10 to D+13): temperature, SBP and SpO2 every 4 h,
   ICE and level of consciousness every 12 h, daily ANC, platelets, hemoglobin, CRP and
   ferritin (on D0 after the infusion);
@@ -100,7 +101,13 @@ def _screening(rng: random.Random, p: _Patient, weight: float, product: str) -> 
     p.add(p.at(-28, 8), "procedure", name="apheresis", status="done")
     p.obs(p.at(-25, 7), "ldh", rng.randrange(180, 320), "U/L", ref_high=250)
     p.obs(p.at(-14, 7), "ldh", rng.randrange(180, 420), "U/L", ref_high=250)
-    p.obs(p.at(-6, 7), "creatinine_clearance_cockcroft_gault", rng.randrange(60, 115), "mL/min")
+    ld = p.at(-6, 7)  # before lymphodepletion: renal function and the CAR-HEMATOTOX labs
+    p.obs(ld, "creatinine_clearance_cockcroft_gault", rng.randrange(60, 115), "mL/min")
+    p.obs(ld, "anc", round(rng.uniform(1.2, 4.0), 1), "10*9/L", code="751-8")
+    p.obs(ld, "platelets", rng.randrange(90, 300), "10*9/L")
+    p.obs(ld, "hemoglobin", round(rng.uniform(8.5, 13.5), 1), "g/dL")
+    p.obs(ld, "crp", round(rng.uniform(1, 30), 1), "mg/L")
+    p.obs(ld, "ferritin", rng.randrange(80, 900), "ng/mL")
     p.add(p.at(-5, 9), "procedure", name="lymphodepletion", status="done")
     p.add(p.at(0, 10), "procedure", name="car_t_infusion", status="done", product=product)
     p.add(p.at(0), "location", travel_time_h_to_center=round(rng.uniform(0.2, 1.8), 1))
