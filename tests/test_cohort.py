@@ -23,9 +23,10 @@ from servers import REPO, free_port
 import engine
 from engine.host.cli import main
 from engine.host.cohort.replay import checked
+from engine.host.cohort.rows import SUMMARY_COLUMNS
 from engine.host.cohort.rules import RulesSpec
 from engine.host.cohort.sources import CohortError, open_source
-from engine.host.cohort.work import SUMMARY_COLUMNS, evaluate_batch
+from engine.host.cohort.work import evaluate_batch
 from engine.host.store import StoredFact, open_store
 from engine.runtime.facts import Fact, normalise
 

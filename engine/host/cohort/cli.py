@@ -110,7 +110,8 @@ def cohort_diff(
 ) -> None:
     """Which patients' outcomes (findings, recommendations, grades, decisions) would change
     from OLD_RULES to NEW_RULES: exit 0 if none, 1 if some."""
-    from engine.host.cohort.replay import checked, diff_cohort
+    from engine.host.cohort.diff import diff_cohort
+    from engine.host.cohort.replay import checked
     from engine.host.cohort.sources import open_source
 
     _checked_as_of(as_of)

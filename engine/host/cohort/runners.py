@@ -16,9 +16,10 @@ import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
+from engine.host.cohort.rows import BatchResult
 from engine.host.cohort.rules import RulesSpec, install_and_compile
 from engine.host.cohort.sources import CohortError, PatientFacts
-from engine.host.cohort.work import BatchResult, evaluate_batch
+from engine.host.cohort.work import evaluate_batch
 
 __all__ = ["DaskRunner", "LocalRunner", "Runner", "batch_size", "replay"]
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.host.cohort.work import (
+from engine.host.cohort.rows import (
     FINDING_COLUMNS,
     RECOMMENDATION_COLUMNS,
     SUMMARY_COLUMNS,
