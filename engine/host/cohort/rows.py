@@ -73,45 +73,38 @@ def _decision(value: object) -> str | None:
 
 
 def add_changes(patient: str, steps: Sequence[Mapping[str, Any]], out: BatchResult) -> None:
-    """The change rows of one patient's evaluations, in time order, into `out`."""
-    seen: dict[str, str] = {}
-    shown: dict[tuple[str, str, int], str] = {}
+    """The change rows of one patient's evaluations, in time order, into `out`. Values are
+    compared as data first (cheap) and written as canonical JSON only when they changed."""
+    findings: dict[str, object] = {}
+    recommendations: dict[tuple[str, str, int], object] = {}
     for n, ev in enumerate(steps):
-        as_of = ev.get("as_of")
+        head = (patient, n, ev.get("as_of"))
         now = {name: _public(v) for name, v in (ev.get("findings") or {}).items()}
-        for name in sorted(set(now) | set(seen)):
+        for name in sorted(now.keys() | findings.keys()):
+            value = now.get(name)
             if name not in now:
-                out.findings.append((patient, n, as_of, name, "cleared", None, None, None))
-                del seen[name]
-                continue
-            text = _canonical(now[name])
-            if seen.get(name) != text:
-                seen[name] = text
-                value = now[name]
-                row: Row = (patient, n, as_of, name, "set", _grade(value), _decision(value), text)
-                out.findings.append(row)
+                out.findings.append((*head, name, "cleared", None, None, None))
+                del findings[name]
+            elif name not in findings or findings[name] != value:
+                findings[name] = value
+                text = _canonical(value)
+                out.findings.append((*head, name, "set", _grade(value), _decision(value), text))
         current: dict[tuple[str, str, int], Mapping[str, Any]] = {}
         for rec in ev.get("recommendations") or []:
             code, rule = str(rec.get("code")), str(rec.get("rule"))
             k = sum(1 for key in current if key[:2] == (code, rule))
             current[(code, rule, k)] = rec
-        for key in sorted(set(current) | set(shown)):
+        for key in sorted(current.keys() | recommendations.keys()):
             rec_ = current.get(key)
             if rec_ is None:
-                out.recommendations.append(
-                    (patient, n, as_of, key[0], key[1], "withdrawn", None, None, None)
-                )
-                del shown[key]
-                continue
-            text = _canonical(rec_)
-            if shown.get(key) != text:
-                change = "raised" if key not in shown else "changed"
-                shown[key] = text
+                out.recommendations.append((*head, *key[:2], "withdrawn", None, None, None))
+                del recommendations[key]
+            elif key not in recommendations or recommendations[key] != rec_:
+                change = "changed" if key in recommendations else "raised"
+                recommendations[key] = rec_
                 because = _canonical(rec_.get("because", []))
-                severity = rec_.get("severity")
-                out.recommendations.append(
-                    (patient, n, as_of, key[0], key[1], change, severity, because, text)
-                )
+                row = (*head, *key[:2], change, rec_.get("severity"), because, _canonical(rec_))
+                out.recommendations.append(row)
 
 
 def _incomplete(ev: Mapping[str, Any]) -> bool:
