@@ -268,3 +268,41 @@ def test_diff_of_a_rule_change_names_the_patients_it_changes(
     changed: list[dict[str, Any]] = json.loads(out)["changed"]
     assert [c["patient"] for c in changed] == ["C00001", "C00002", "C00003", "C00004"]
     assert all("monitoring" in c["findings"] for c in changed)
+
+
+def test_the_files_do_not_depend_on_batching_or_finishing_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer takes batches in any order and writes fixed row groups: the same rows
+    in other batches, finishing in another order, give the same bytes."""
+    import engine.host.cohort.tables as tables_module
+    from engine.host.cohort.rows import BatchResult
+    from engine.host.cohort.tables import CohortWriter
+
+    def batch(patients: range) -> BatchResult:
+        out = BatchResult()
+        for p in patients:
+            for step in range(3):
+                out.findings.append((f"P{p:03d}", step, f"t{step}", "crs", "set", step, None, "{}"))
+            out.summary.append((f"P{p:03d}", 3, 3, "t0", "t2", None, 0, 2, None, None, None, 0,
+                                0, 0, 0, None))  # fmt: skip
+        return out
+
+    monkeypatch.setattr(tables_module, "ROW_GROUP", 16)  # many row groups, split mid-batch
+    files: list[dict[str, bytes]] = []
+    for size, order in ((7, 1), (3, -1)):
+        chunks = [range(k, min(k + size, 40)) for k in range(0, 40, size)]
+        out = tmp_path / f"{size}"
+        writer = CohortWriter(out)
+        numbered = list(enumerate(chunks))[::order]
+        for number, chunk in numbered:
+            writer.deliver(number, "key", batch(chunk))
+        writer.close({"patients": 40})
+        files.append(tables(out))
+    assert files[0] == files[1]
+    import pyarrow.parquet as pq
+
+    written = pq.ParquetFile(tmp_path / "7" / "findings.parquet")
+    assert written.metadata.num_row_groups == 8  # 120 rows in groups of 16
+    assert written.read()["patient"].to_pylist() == sorted(f"P{p:03d}" for p in range(40)
+                                                            for _ in range(3))  # fmt: skip
