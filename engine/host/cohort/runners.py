@@ -11,6 +11,7 @@ hands each result on as it finishes, with its batch number (the tables put them 
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import math
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -59,7 +60,11 @@ class LocalRunner:
         return set(done), set(rest)
 
     def result(self, future: Any) -> BatchResult:
-        found: BatchResult = future.result()
+        try:
+            found: BatchResult = future.result()
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            raise CohortError(f"a worker process died ({exc}); rerun with fewer --workers "
+                              "if memory ran out") from exc  # fmt: skip
         return found
 
     def close(self) -> None:
