@@ -44,6 +44,8 @@ SUMMARY_COLUMNS = (
 
 @dataclass
 class BatchResult:
+    """The rows of one task (a batch of patients), as plain tuples: cheap to pickle."""
+
     findings: list[Row] = field(default_factory=list)
     recommendations: list[Row] = field(default_factory=list)
     summary: list[Row] = field(default_factory=list)
