@@ -17,6 +17,7 @@ import click
 
 from engine.errors import FactError, RuleSetError
 from engine.explain.report import evaluation_text, timeline_text, to_json
+from engine.host.cohort.cli import cohort
 from engine.language.ruleset import Scalar
 from engine.runtime.api import Engine, load_rules
 from engine.runtime.jsontext import printable
@@ -653,6 +654,9 @@ def audit_list(store: str | None, patient: str | None, fmt: str) -> None:
     for d in found:
         click.echo(d.summary())
     click.echo(f"{len(found)} decision(s)", err=True)
+
+
+cli.add_command(cohort)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -187,6 +187,10 @@ class FactStore(Protocol):
 
     def revision(self, patient: str) -> Revision: ...
 
+    def patients(self) -> list[str]:
+        """Every patient with at least one fact, in id order."""
+        ...
+
     def issue_cards(self, cards: Sequence[IssuedCard]) -> None: ...
 
     def card(self, uuid: str) -> IssuedCard | None: ...
@@ -684,6 +688,11 @@ class SqlStore:
     def revision(self, patient: str) -> Revision:
         with self._b.read() as run:
             return self._revision(run, patient)
+
+    def patients(self) -> list[str]:
+        with self._b.read() as run:
+            rows = run("SELECT DISTINCT patient FROM facts ORDER BY patient", ())
+        return [str(r[0]) for r in rows]
 
     # -- cards and feedback ------------------------------------------------------------------
 
