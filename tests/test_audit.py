@@ -692,3 +692,24 @@ def test_an_altered_or_foreign_checkpoint_is_refused(
     assert "not by the trusted public key" in str(foreign.problem)
     with pytest.raises(AuditError, match="no signing key"):
         load_signing_key(None)
+
+
+def test_a_fhir_bundle_is_recorded_as_given_and_its_unmapped_entries_replay_as_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = REPO / "tests" / "cases" / "fhir" / "unmappable" / "bundle.json"
+    expected = json.loads(bundle.with_name("expected-problems.json").read_text("utf-8"))
+    store = str(tmp_path / "log.sqlite")
+    assert main(["audit", "record", str(bundle), "--store", store]) == 0
+    assert "incomplete" in capsys.readouterr().err
+    opened = open_store(store)
+    try:
+        log = DecisionLog(opened)
+        (decision,) = log.decisions()
+        assert decision.facts[0]["resourceType"] == "Bundle"
+        reported = {p["fact"] for p in decision.evaluation["input_problems"]}
+        assert {p["fact"] for p in expected} <= reported
+        replay = log.replay(decision.id)
+        assert replay.identical, replay.text()
+    finally:
+        opened.close()

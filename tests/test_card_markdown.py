@@ -14,7 +14,7 @@ from markdown_it import MarkdownIt
 
 import engine
 from engine.explain.cards import CardMaker, draft_orders, md_code, md_text
-from engine.host.fhir import bundle_to_facts
+from engine.host.fhir import read_bundle
 
 PAYLOADS = [
     "<img src=x onerror=alert(1)>",
@@ -100,18 +100,18 @@ def _cards(cds: engine.Engine, payloads: list[str]) -> list[Any]:
         )
         facts.append({"id": payload + "2", "type": payload, "time": "2025-05-06T09:00:00Z",
                       "note": payload})  # fmt: skip
-    _, unmapped = bundle_to_facts({"resourceType": "Bundle", "type": "collection", "entry": [
-        {"resource": {"resourceType": "Basic", "id": p}} for p in payloads]})  # fmt: skip
-    evaluation = cds.evaluate(facts)
+    unmapped = read_bundle({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Basic", "id": p}} for p in payloads]}).problems  # fmt: skip
+    evaluation = cds.evaluate(facts, problems=unmapped)
     maker = CardMaker(cds, "http://cds.test")
     rendered = maker.patient_cards(evaluation, service="s", patient="p")
-    rendered += maker.unused_data_cards(evaluation, unmapped, service="s", patient="p")
+    rendered += maker.unused_data_cards(evaluation, service="s", patient="p")
     return [r.card for r in rendered]
 
 
 def test_every_card_quoting_payloads_renders_as_text_only(cards: list[Any]) -> None:
     assert any("CRS grade 1" in c.summary for c in cards)  # the payload facts were used
-    assert any(c.indicator == "warning" and "could not be used" in c.summary for c in cards)
+    assert any(c.indicator == "critical" and "could not be used" in c.summary for c in cards)
     for card in cards:
         assert card.detail is not None
         assert_inert(card.detail)
@@ -124,7 +124,8 @@ def test_a_payload_in_a_refused_fact_or_fhir_data_is_quoted_escaped(
 ) -> None:
     details = "\n".join(c.detail or "" for c in cards)
     assert md_code(payload + "2") in details  # the refused fact, by its id
-    assert md_code(f"Basic/{payload}") in details  # the FHIR resource
+    # the FHIR resource, whose id is not a FHIR id: quoted in the problem's message
+    assert md_text(f"id {payload!r} is not a FHIR id") in details
 
 
 def test_a_draft_order_reference_is_escaped_in_the_order_card_notes(cds: engine.Engine) -> None:

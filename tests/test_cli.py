@@ -245,7 +245,7 @@ def test_the_full_course_example_shows_every_phase_in_its_timeline(
     )
     assert code == 0
     steps = json.loads(out)
-    seen = {name for s in steps for name in s["findings"]}
+    seen = {name for s in steps for part in ("findings", "working") for name in s[part]}
     phases = {
         "eligibility",
         "bridging",

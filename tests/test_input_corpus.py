@@ -92,5 +92,5 @@ def test_a_variation_gives_its_problem_and_its_effect(
     assert result["status"] == case["status"]
     for key, want in case["effect"].items():
         name, field = key.split(".")
-        got = _values(result["findings"], name, field)
+        got = _values({**result["working"], **result["findings"]}, name, field)
         assert want in got, f"{key}: expected {want!r}, got {got!r}"

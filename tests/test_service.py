@@ -180,7 +180,7 @@ def test_every_hook_leads_with_a_critical_card_while_the_evaluation_is_incomplet
         assert card["summary"] == (
             "1 fact(s) could not be used; grading and eligibility may be wrong: verify"
         )
-        assert "`hot` (IMPLAUSIBLE_VALUE)" in card["detail"]
+        assert "fact `hot` (IMPLAUSIBLE\\_VALUE)" in card["detail"]  # markdown-escaped
 
 
 def test_card_uuids_are_the_same_for_the_same_evaluation(api: Api) -> None:
@@ -420,6 +420,10 @@ def test_facts_may_come_as_ndjson_or_as_a_fhir_bundle(api: Api) -> None:
     assert r.json()["added"] == ["Observation/bp-9"]
     (problem,) = r.json()["input_problems"]
     assert problem["fact"] == "Encounter/e1" and problem["severity"] == "error"
+    evaluated = api.post("/evaluate", json=draft(observation, unknown))
+    assert evaluated.status_code == 200, evaluated.text
+    assert evaluated.json()["status"] == "incomplete"
+    assert [p["fact"] for p in evaluated.json()["input_problems"]] == ["Encounter/e1"]
 
 
 def test_a_fact_for_another_patient_is_not_stored_and_said_so(api: Api) -> None:

@@ -1,7 +1,7 @@
 """A lone UTF-16 surrogate (`"\\ud800"`, a valid JSON escape) in any string of the input
 never crashes an output path: JSON responses, cards, the store, audit records, the CLI's
-JSON and text, the HTML report. Each path is tried with facts the engine refuses (an
-unknown type), which every output then quotes."""
+JSON and text, the HTML report. Each path is tried with facts the engine cannot use (an
+unknown type), which every output then quotes as an input problem."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_the_store_keeps_a_fact_whose_strings_hold_a_lone_surrogate(tmp_path: Pa
 def test_a_card_quoting_a_refused_fact_renders_to_json(cds: engine.Engine) -> None:
     evaluation = cds.evaluate(load_facts_text(BODY))
     rendered = CardMaker(cds, "http://cds.test").unused_data_cards(
-        evaluation, [], service="cart-t-patient-view", patient="p1"
+        evaluation, service="cart-t-patient-view", patient="p1"
     )
     assert rendered
     text = dumps(rendered[0].card.model_dump(exclude_none=True))
@@ -72,7 +72,7 @@ def test_the_cli_prints_text_and_writes_html_quoting_a_lone_surrogate(
 ) -> None:
     facts = tmp_path / "facts.json"
     facts.write_text(BODY, encoding="utf-8")
-    assert main(["evaluate", str(facts), "--format", "text"]) == 0
+    assert main(["evaluate", str(facts), "--format", "text"]) == 3  # printed, incomplete
     assert "no_such_type" in capsysbinary.readouterr().out.decode("utf-8")
     html = tmp_path / "report.html"
     assert main(["explain", str(facts), "--html", str(html)]) == 0
@@ -83,7 +83,8 @@ def test_json_output_and_the_audit_log_keep_a_lone_surrogate(
     cds: engine.Engine, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
     facts = load_facts_text(BODY)
-    assert json.loads(to_json(cds.evaluate(facts)))["rejected"][0]["id"] == "bad" + LONE
+    problems = json.loads(to_json(cds.evaluate(facts)))["input_problems"]
+    assert problems[0]["fact"] == "bad" + LONE
     store = str(tmp_path / "audit.sqlite3")
     opened = open_store(store)
     try:
@@ -113,11 +114,11 @@ def test_the_facts_upload_and_evaluate_answer_json_naming_the_refused_fact(
     hardened: Hardened,
 ) -> None:
     status, body = _post(hardened, "/patients/s1/facts", BODY)
-    assert status == 422
-    assert body["problems"][0]["id"] == "bad" + LONE
+    assert status == 200
+    assert body["input_problems"][0]["fact"] == "bad" + LONE
     status, body = _post(hardened, "/evaluate", BODY)
-    assert status == 422
-    assert body["problems"][0]["id"] == "bad" + LONE
+    assert status == 200 and body["status"] == "incomplete"
+    assert body["input_problems"][0]["fact"] == "bad" + LONE
 
 
 def test_patient_view_quotes_an_unusable_fhir_resource_with_a_lone_surrogate(
@@ -144,4 +145,4 @@ def test_patient_view_quotes_an_unusable_fhir_resource_with_a_lone_surrogate(
     text = json.dumps(request).replace("\\\\ud800", "\\ud800").replace("\\\\udfff", "\\udfff")
     status, body = _post(hardened, "/cds-services/cart-t-patient-view", text)
     assert status == 200
-    assert any("Basic/b" in (card.get("detail") or "") for card in body["cards"])
+    assert any("Bundle.entry" in (card.get("detail") or "") for card in body["cards"])

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.language.ruleset import Rule
+from engine.language.terms import terms
 from engine.runtime.api import Engine
 from engine.runtime.facts import parse_time
 
@@ -234,23 +235,33 @@ def _order(
 
 
 def _drug(resource: Mapping[str, Any]) -> str | None:
+    """The order's medication: the canonical drug name when a code or a name is in the
+    drugs vocabulary (schemas/terms.json), else the name as written."""
     concept = resource.get("medicationCodeableConcept")
     medication = resource.get("medication")
     if concept is None and isinstance(medication, Mapping):  # FHIR R5: CodeableReference
         concept = medication.get("concept")
     if not isinstance(concept, Mapping):
         return None
+    drugs = terms().lists["drugs"]
     names: list[str] = []
     for coding in concept.get("coding") or []:
         if not isinstance(coding, Mapping):
             continue
         if coding.get("system") == RXNORM and coding.get("code") == TOCILIZUMAB_RXCUI:
             return "tocilizumab"
+        if coding.get("system") == RXNORM and isinstance(coding.get("code"), str):
+            known = drugs.by_code.get(("rxnorm", coding["code"]))
+            if known is not None:
+                return known
         if isinstance(coding.get("display"), str):
             names.append(coding["display"])
     if isinstance(concept.get("text"), str):
         names.insert(0, concept["text"])
     for name in names:
+        known = drugs.lookup(name)
+        if known is not None:
+            return known
         if "tocilizumab" in name.lower() or "actemra" in name.lower():
             return "tocilizumab"
     return names[0].strip().lower() if names and names[0].strip() else None
@@ -521,7 +532,8 @@ class CardMaker:
         patient: str,
     ) -> list[Rendered]:
         """One card per draft order the dose guard decided on."""
-        findings = evaluation.get("findings", {})
+        # the decision is public; the limit each block hit (with its numbers) is working state
+        findings = {**evaluation.get("working", {}), **evaluation.get("findings", {})}
         decisions = _listed(findings.get("tocilizumab_order"))
         blocks = _listed(findings.get("tocilizumab_block"))
         policy: Mapping[str, Any] = evaluation.get("policy", {})

@@ -42,6 +42,7 @@ from engine.explain.report import (
     recommendation_lines,
     trace_lines,
 )
+from engine.host.inputs import evaluate_input
 from engine.host.store import SqlStore, StoreError, open_store
 from engine.language.ruleset import RuleSet, Scalar
 from engine.language.validate import RULE_SUFFIXES, digest_of_sources
@@ -310,11 +311,11 @@ class DecisionLog:
         as_of: str | None = None,
         patient: str | None = None,
     ) -> tuple[Decision, dict[str, Any]]:
-        """Evaluate `facts` and append the evaluation; returns the record and the
-        evaluation. What is evaluated is exactly what is stored (the facts as they read
-        back from canonical JSON)."""
+        """Evaluate `facts` (a FHIR Bundle is mapped, engine.host.inputs) and append the
+        evaluation; returns the record and the evaluation. What is evaluated is exactly
+        what is stored (the facts as they read back from canonical JSON)."""
         plain = _plain(list(facts), "the facts")
-        evaluation = engine.evaluate(plain, as_of=as_of, patient=patient)
+        evaluation = evaluate_input(engine, plain, as_of=as_of, patient=patient)
         decision = self.append(engine.ruleset, plain, evaluation, as_of=as_of, patient=patient)
         return decision, evaluation
 
@@ -598,7 +599,7 @@ class DecisionLog:
         decision = ref if isinstance(ref, Decision) else self.get(ref)
         engine = self.engine_for(decision, rules)
         evaluation = _plain(
-            engine.evaluate(decision.facts, as_of=decision.as_of, patient=decision.patient),
+            evaluate_input(engine, decision.facts, as_of=decision.as_of, patient=decision.patient),
             "the replayed evaluation",
         )
         return Replay(

@@ -18,6 +18,7 @@ import click
 from engine.errors import FactError, RuleSetError
 from engine.explain.report import evaluation_text, timeline_text, to_json
 from engine.host.cohort.cli import cohort
+from engine.host.inputs import as_facts
 from engine.language.ruleset import Scalar
 from engine.runtime.api import Engine, load_rules
 from engine.runtime.jsontext import printable
@@ -60,22 +61,17 @@ def _rule_problems(exc: RuleSetError) -> NoReturn:
 EXIT_INCOMPLETE = 3
 
 
-def _read_facts(path: str) -> list[object]:
-    return _read_input(path)[0]
-
-
 def _read_input(path: str) -> tuple[list[object], list[InputProblem]]:
-    """The raw facts of FACTS (a file, or - for standard input): a JSON array, NDJSON or a
+    """The facts of FACTS (a file, or - for standard input): a JSON array, NDJSON or a
     FHIR R4 Bundle, and the input problems of the Bundle's entries that did not map. A body
     that cannot be read as facts at all exits 2 with one line (docs/limits.md)."""
-    try:
-        items = read_facts_stream(sys.stdin.buffer) if path == "-" else read_facts_file(path)
-        if len(items) == 1 and isinstance(items[0], dict) and "resourceType" in items[0]:
-            from engine.host.fhir import read_bundle
+    return as_facts(_read_raw(path))
 
-            mapped = read_bundle(items[0])
-            return [*mapped.facts], list(mapped.problems)
-        return items, []
+
+def _read_raw(path: str) -> list[object]:
+    """FACTS as given (a Bundle not yet mapped); exits 2 on a body refused as a whole."""
+    try:
+        return read_facts_stream(sys.stdin.buffer) if path == "-" else read_facts_file(path)
     except FactError as exc:
         click.echo(printable(f"{path}: {exc}").replace("\n", " "), err=True)
         raise SystemExit(2) from exc
@@ -171,9 +167,8 @@ def evaluate(
     """Evaluate one patient's FACTS (a JSON array or NDJSON file, or - for stdin)."""
     if timeline and as_of is not None:
         raise click.UsageError("--timeline evaluates at every fact time; drop --as-of")
-    raw = _read_facts(facts)  # a body refused as a whole: before the rules are loaded
+    raw, problems = _read_input(facts)  # a body refused as a whole: before the rules load
     engine = _load(rules, policy)
-    raw, problems = _read_input(facts)
     result: Any
     if timeline:
         result = engine.timeline(raw, problems=problems)
@@ -391,11 +386,12 @@ def explain_command(
         raise click.UsageError("give FACTS or --decision ID (one of them)")
     recorded: Any = None
     if decision is not None:
-        engine, raw, recorded = _recorded_decision(decision, store)
+        engine, given, recorded = _recorded_decision(decision, store)
+        raw, problems = as_facts(given)
         as_of = as_of or recorded.as_of
     else:
         engine = _load(rules, policy)
-        raw = _read_facts(str(facts))
+        raw, problems = _read_input(str(facts))
     try:
         if why_not_rule is not None:
             answer = why_not_at(engine, raw, why_not_rule, as_of=as_of)
@@ -415,7 +411,7 @@ def explain_command(
         if recorded is not None and as_of == recorded.as_of:
             evaluation = dict(recorded.evaluation)  # what was said, as recorded
         else:
-            evaluation = engine.evaluate(raw, as_of=as_of)
+            evaluation = engine.evaluate(raw, as_of=as_of, problems=problems)
         explanation = explain(evaluation, raw, engine, codes=codes or None)
     except ValueError as exc:  # a malformed --as-of
         raise click.BadParameter(str(exc), param_hint="--as-of") from exc
@@ -492,7 +488,7 @@ def audit_record(
     """Evaluate FACTS and append the evaluation to the decision log; prints its id."""
     from engine.host.audit import open_log
 
-    raw = _read_facts(facts)
+    raw = _read_raw(facts)  # a Bundle is recorded as given, and mapped on every replay
     engine = _load(rules, policy)
     with open_log(store, create=True) as log:
         try:

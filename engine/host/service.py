@@ -66,6 +66,7 @@ from engine.explain.cards import draft_orders as parse_draft_orders
 from engine.host.audit import AuditError, DecisionLog
 from engine.host.auth import MAX_LIFETIME_S, AuthError, Client, KeySet, Verifier
 from engine.host.fhirfetch import fetch_missing, server_allowed
+from engine.host.inputs import as_facts
 from engine.host.store import (
     AppendResult,
     FactStore,
@@ -442,9 +443,16 @@ class Evaluator:
     def __post_init__(self) -> None:
         self._slots = threading.BoundedSemaphore(max(1, self.max_sessions))
 
-    def run(self, facts: Sequence[object], *, as_of: str | None, patient: str | None) -> Any:
+    def run(
+        self,
+        facts: Sequence[object],
+        *,
+        as_of: str | None,
+        patient: str | None,
+        problems: Sequence[InputProblem] = (),
+    ) -> Any:
         with self._slots:
-            return self.engine.evaluate(facts, as_of=as_of, patient=patient)
+            return self.engine.evaluate(facts, as_of=as_of, patient=patient, problems=problems)
 
     def rebuild(
         self,
@@ -784,6 +792,11 @@ async def _read_fact_body(
     """The raw facts of a request body (JSON array, one object, NDJSON or a FHIR Bundle),
     and the input problems of the FHIR entries that did not map. A body refused as a whole
     answers with the status of its refusal (docs/limits.md)."""
+    return _mapped(await _read_body_items(request, limits))
+
+
+async def _read_body_items(request: Request, limits: Limits) -> list[object]:
+    """The items of a request body as given (a FHIR Bundle not yet mapped)."""
     media = _media_type(request)
     if media is not None and media not in FACT_MEDIA_TYPES:
         raise ApiError(
@@ -793,21 +806,25 @@ async def _read_fact_body(
         )
     body = await request.body()
     try:
-        items = load_facts_bytes(body, limits)
+        return load_facts_bytes(body, limits)
     except BodyRefused as exc:
         raise ApiError.refused(exc) from exc
+
+
+def _mapped(items: list[object]) -> tuple[list[object], list[InputProblem]]:
+    """`engine.host.inputs.as_facts`, with a lone FHIR resource that is not a Bundle, or a
+    Bundle that cannot be read at all, answered 422."""
     if len(items) == 1 and isinstance(items[0], Mapping) and "resourceType" in items[0]:
-        from engine.host.fhir import is_fhir_bundle, read_bundle
+        from engine.host.fhir import is_fhir_bundle
 
         if not is_fhir_bundle(items[0]):
             raise ApiError(
                 422, f"a FHIR {items[0]['resourceType']!r} resource: send a Bundle of resources"
             )
         try:
-            mapped = read_bundle(items[0])
+            return as_facts(items)
         except FactError as exc:
             raise ApiError(422, f"FHIR Bundle: {exc}") from exc
-        return list(mapped.facts), list(mapped.problems)
     return items, []
 
 
@@ -1198,6 +1215,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
             orders = parse_draft_orders(bundle, patient, _server_now, selections)
         except OrderError as exc:
             raise ApiError(422, str(exc)) from exc
+        # The dose guard checks tocilizumab orders; any other order is outside this
+        # service and is neither checked nor refused.
+        orders = [o for o in orders if o.fact.get("drug") == "tocilizumab"]
         if not orders:
             return CdsResponse(cards=[])
         problems = []
@@ -1208,8 +1228,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         if problems:
             raise ApiError(422, "a draft order cannot be checked", problems)
         data = gather(request, service)
-        guarded = any(o.fact.get("drug") == "tocilizumab" for o in orders)
-        if guarded and store.revision(patient).count == 0 and not data.available:
+        if store.revision(patient).count == 0 and not data.available:
             raise data.refusal("earlier doses are unknown, so the order cannot be checked")
         evaluation, _stored = evaluator.rebuild(
             patient, extra=[*data.facts, *(o.fact for o in orders)], cached=False
@@ -1317,9 +1336,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         same content is a no-op, with other content it is a new version that replaces the
         earlier one in evaluations (a correction; `status: entered-in-error` retracts)."""
         raws, unmapped = await _read_fact_body(request, settings.limits)
-        result, problems = await _in_thread(
-            _store_facts, store, raws, patient_id, settings.limits
-        )
+        result, problems = await _in_thread(_store_facts, store, raws, patient_id, settings.limits)
         problems = [*unmapped, *problems]
         return FactsStored(
             patient=patient_id,
@@ -1426,10 +1443,13 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         listed in `input_problems` and make the evaluation `incomplete` (never a refusal).
         With `record=true`, the facts and the evaluation go to the decision log."""
         when = check_as_of(as_of)
-        raws, _unused = await _read_fact_body(request, settings.limits)
-        evaluation = await _in_thread(evaluator.run, raws, as_of=when, patient=None)
-        if record:
-            return await _in_thread(recorded, evaluation, raws, when, None)
+        given = await _read_body_items(request, settings.limits)
+        raws, unmapped = _mapped(given)
+        evaluation = await _in_thread(
+            evaluator.run, raws, as_of=when, patient=None, problems=unmapped
+        )
+        if record:  # a Bundle is recorded as given: a replay maps it again
+            return await _in_thread(recorded, evaluation, given, when, None)
         return _json(evaluation)
 
     @app.get(
