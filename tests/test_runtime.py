@@ -3,6 +3,7 @@ around durable-rules' footguns (DESIGN.md, "durable-rules: how to live with it")
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from durable import engine as durable_engine
 import engine
 from engine.errors import EvaluationError
 from engine.runtime import _matcher
+from engine.runtime.facts import parse_time
 
 REPO = Path(__file__).resolve().parent.parent
 INFUSION = {
@@ -423,3 +425,31 @@ rules:
         - {fact: condition, as: c, where: {grade: {eq: {ref: b.volume_mL}}}}
     then: [{finding: same_number, set: {condition: {ref: c.id}, grade: {ref: c.grade}}}]
 """
+
+
+def test_a_fact_far_in_the_future_is_implausible_and_does_not_move_the_clock() -> None:
+    """A mistyped year (2052 for 2025) is IMPLAUSIBLE_TIME: not used, the clock stays at the
+    latest real fact, the evaluation is incomplete; with an explicit as_of it is simply
+    after it. The wall clock is the engine's, here fixed."""
+    facts = json.loads((REPO / "examples" / "crs-patient.json").read_text(encoding="utf-8"))
+    latest = max(parse_time(f["time"])[0] for f in facts)
+    typo = {"id": "typo", "type": "observation", "code": "8310-5", "value": 36.5,
+            "unit": "Cel", "time": "2052-05-07T10:00:00Z"}  # fmt: skip
+    wall = parse_time("2025-06-01T00:00:00Z")[1]
+    fixed = engine.Engine(engine.load_rules(None).compiled, wall=lambda: wall)
+    alone = fixed.evaluate(facts)
+    result = fixed.evaluate([*facts, typo])
+    assert result["as_of"] == alone["as_of"] == latest and result["status"] == "incomplete"
+    (problem,) = result["input_problems"]
+    assert (problem["fact"], problem["code"]) == ("typo", "IMPLAUSIBLE_TIME")
+    # an unknown temperature: no bare grade 0 (docs/completeness.md)
+    assert (alone["findings"]["crs"]["grade"], result["findings"]["crs"]["grade"]) == (
+        0,
+        "NOT_GRADED",
+    )
+    steps = fixed.timeline([*facts, typo])
+    assert steps[-1]["as_of"] == latest and steps[-1]["status"] == "incomplete"
+    later = fixed.evaluate([*facts, typo], as_of=latest)
+    assert later["status"] == "complete" and "typo" in later["after_as_of"]
+    near = {**typo, "time": "2025-06-01T01:00:00Z"}  # a clock a little fast: within tolerance
+    assert fixed.evaluate([*facts, near])["status"] == "complete"

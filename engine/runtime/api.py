@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -20,7 +21,7 @@ from engine.language.validate import (
     read_rule_sources,
     validate_documents,
 )
-from engine.runtime.facts import Fact, Rejection, Retraction, normalise
+from engine.runtime.facts import Fact, Rejection, Retraction, future_time, normalise
 from engine.runtime.failsafe import Impact, degrade
 from engine.runtime.problems import InputProblem
 from engine.runtime.session import Session
@@ -56,9 +57,10 @@ def load_rules(
 class Engine:
     """A compiled rule set, shared and immutable; sessions hold the per-patient state."""
 
-    def __init__(self, compiled: CompiledRuleset) -> None:
+    def __init__(self, compiled: CompiledRuleset, *, wall: Callable[[], float] = time.time) -> None:
         self.compiled = compiled
         self.impact = Impact(compiled.ruleset)
+        self.wall = wall  # the real time; a fact after it (plus a tolerance) is implausible
 
     @property
     def ruleset(self) -> RuleSet:
@@ -69,7 +71,13 @@ class Engine:
     ) -> Session:
         """An incremental session: `add` facts one by one, read `evaluation(session)` any time.
         Close it (or use it as a context manager) when done."""
-        return Session(self.compiled, as_of=as_of, patient=patient, record_trace=record_trace)
+        return Session(
+            self.compiled,
+            as_of=as_of,
+            patient=patient,
+            record_trace=record_trace,
+            wall=self.wall,
+        )
 
     def evaluate(
         self,
@@ -83,8 +91,8 @@ class Engine:
 
         `problems` are input problems a host reader found before the facts (e.g. FHIR entries
         that did not map); they count like the engine's own."""
-        read = _Read.of(facts)
         with self.session(as_of=as_of, patient=patient) as session:
+            read = _Read.of(facts, None if as_of is not None else session.future_limit())
             later = read.replay(session, fixed=session.now if as_of is not None else None)
             return self.evaluation(
                 session,
@@ -101,10 +109,10 @@ class Engine:
     ) -> list[dict[str, Any]]:
         """The evaluation after each distinct fact time, in time order; each entry's `trace`
         holds only what happened at that step, and `after_as_of` the facts still to come."""
-        read = _Read.of(facts)
         extra = tuple(problems)
         steps: list[dict[str, Any]] = []
         with self.session(patient=patient) as session:
+            read = _Read.of(facts, session.future_limit())
             for retraction in read.retractions:
                 session.add(retraction)
             times = sorted({f.t for f in read.facts})
@@ -210,7 +218,8 @@ class _Read:
     replaced: tuple[InputProblem, ...]  # earlier versions, said once each
 
     @staticmethod
-    def of(raws: Iterable[object]) -> _Read:
+    def of(raws: Iterable[object], future: float | None = None) -> _Read:
+        """`raws` read; with `future`, a fact timed after it is an IMPLAUSIBLE_TIME rejection."""
         final: dict[str, Fact] = {}
         replaced: list[InputProblem] = []
         retractions: list[Retraction] = []
@@ -221,6 +230,9 @@ class _Read:
                 rejections.append(item)
             elif isinstance(item, Retraction):
                 retractions.append(item)
+            elif future is not None and item.t > future:
+                final.pop(item.id, None)
+                rejections.append(future_time(item, future, index))
             else:
                 earlier = final.get(item.id)
                 if earlier is not None and earlier.content != item.content:

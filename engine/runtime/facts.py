@@ -49,7 +49,7 @@ from engine.language.terms import (
 )
 from engine.runtime.observations import Unusable, observation_data, plausibility_problem, show
 from engine.runtime.problems import InputProblem
-from engine.runtime.times import ISO, ISO_HINT, RELATIVE, has_offset, parse_time
+from engine.runtime.times import ISO, ISO_HINT, RELATIVE, has_offset, iso, parse_time
 
 __all__ = [
     "Fact",
@@ -801,3 +801,18 @@ def _assigned_id(fact: Mapping[str, object]) -> str:
     except ValueError:  # NaN or infinity: still an id, never a crash
         text = repr(sorted(body.items(), key=lambda kv: str(kv[0])))
     return "f-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def future_time(fact: Fact, limit: float, index: int) -> Rejection:
+    """`fact`, timed after `limit` (the wall clock plus the policy's tolerance), as the
+    IMPLAUSIBLE_TIME rejection it is: it cannot have happened yet, so it is not used and
+    does not move the clock."""
+    problem = InputProblem(
+        fact.id,
+        "IMPLAUSIBLE_TIME",
+        f"time {fact.time} is in the future (after {iso(float(int(limit)))}, the time of the evaluation "
+        "plus future_fact_tolerance): a mistyped date? Not used",
+        "time",
+        fact.type,
+    )
+    return Rejection(index, fact.id, (problem, *fact.problems), fact.raw, fact.type, None)

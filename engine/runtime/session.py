@@ -24,8 +24,9 @@ import hashlib
 import itertools
 import json
 import math
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +51,7 @@ from engine.runtime.facts import (
     Normalised,
     Rejection,
     Retraction,
+    future_time,
     normalise,
     supersession_key,
     worse_rank,
@@ -125,8 +127,10 @@ class Session:
         patient: str | None = None,
         record_trace: bool = True,
         matcher_: Matcher | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.compiled = compiled
+        self._wall = wall  # the real time: a fact after it (plus a tolerance) is implausible
         self.patient = patient
         self.record_trace = record_trace
         self._m = matcher_ or matcher()
@@ -201,6 +205,12 @@ class Session:
             self._admit(item)
         return item
 
+    def future_limit(self) -> float:
+        """The latest fact time that can be real: the wall clock plus the policy's
+        `future_fact_tolerance` (hours; 24 where a rule set does not set it)."""
+        hours = self._policy.get("future_fact_tolerance", 24)
+        return self._wall() + float(hours if isinstance(hours, int | float) else 24) * 3600
+
     def add_all(self, raws: Iterable[object]) -> None:
         for i, raw in enumerate(raws):
             self.add(raw, i)
@@ -262,6 +272,9 @@ class Session:
         if self._fixed_clock and self._clock is not None and fact.t > self._clock:
             if fact.id not in self._after:
                 self._after.append(fact.id)
+            return
+        if not self._fixed_clock and fact.t > self.future_limit():
+            self._reject(future_time(fact, self.future_limit(), self._received - 1))
             return
         for problem in fact.problems:
             self._problem(problem)
@@ -769,11 +782,11 @@ class Session:
                         resupported[i] = j
                 else:
                     fired_at[ev["key"]] = i
-        time = iso(self._clock) if self._clock is not None else None
+        when = iso(self._clock) if self._clock is not None else None
         for i, ev in enumerate(events):
             if i in dropped:
                 continue
-            record = self._render(ev, len(self.trace) + 1, time)
+            record = self._render(ev, len(self.trace) + 1, when)
             if i in resupported:
                 record["event"] = "resupported"
                 record["previous"] = self._stable_ids(events[resupported[i]]["key"])
@@ -793,8 +806,8 @@ class Session:
         )
         return json.dumps([ev["key"][0], names])
 
-    def _render(self, ev: dict[str, Any], seq: int, time: str | None) -> dict[str, Any]:
-        record: dict[str, Any] = {"seq": seq, "time": time, "event": ev["event"]}
+    def _render(self, ev: dict[str, Any], seq: int, when: str | None) -> dict[str, Any]:
+        record: dict[str, Any] = {"seq": seq, "time": when, "event": ev["event"]}
         if "key" in ev:
             name, ids = ev["key"]
             branch = self.compiled.table[name]
