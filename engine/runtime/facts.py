@@ -810,8 +810,8 @@ def future_time(fact: Fact, limit: float, index: int) -> Rejection:
     problem = InputProblem(
         fact.id,
         "IMPLAUSIBLE_TIME",
-        f"time {fact.time} is in the future (after {iso(float(int(limit)))}, the time of the evaluation "
-        "plus future_fact_tolerance): a mistyped date? Not used",
+        f"time {fact.time} is in the future (after {iso(float(int(limit)))}, the time of the "
+        "evaluation plus future_fact_tolerance): a mistyped date? Not used",
         "time",
         fact.type,
     )
