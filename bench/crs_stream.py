@@ -308,7 +308,7 @@ class EngineRun:
     trace_fired: int
     max_grades: list[int | None]
     final_grades: list[int | None]
-    rejected: int
+    unused: int
 
 
 def run_normalise(stream: Sequence[PatientStream]) -> float:
@@ -322,7 +322,7 @@ def run_engine(cds: engine.Engine, stream: Sequence[PatientStream]) -> EngineRun
     """Time each patient's session from open to evaluation to close; the evaluation is
     summarised outside the timed region and then dropped (not kept in memory)."""
     seconds = 0.0
-    records = fired = rejected = 0
+    records = fired = unused = 0
     max_grades: list[int | None] = []
     final_grades: list[int | None] = []
     for p in stream:
@@ -334,10 +334,10 @@ def run_engine(cds: engine.Engine, stream: Sequence[PatientStream]) -> EngineRun
         seconds += time.perf_counter() - start
         records += len(evaluation["trace"])
         fired += sum(1 for rec in evaluation["trace"] if rec["event"] == "fired")
-        rejected += len(evaluation["rejected"])
+        unused += sum(1 for q in evaluation["input_problems"] if q["severity"] == "error")
         max_grades.append(_max_grade(evaluation))
         final_grades.append(_final_grade(evaluation))
-    return EngineRun(seconds, records, fired, max_grades, final_grades, rejected)
+    return EngineRun(seconds, records, fired, max_grades, final_grades, unused)
 
 
 def _max_grade(evaluation: dict[str, Any]) -> int | None:
@@ -533,7 +533,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "engine": {
             "trace_records": first.trace_records,
             "trace_fired": first.trace_fired,
-            "rejected": first.rejected,
+            "unused_facts": first.unused,
             "peak_rss_growth_kib": rss_engine,
             "max_grade_histogram": _histogram(first.max_grades),
             "final_grade_histogram": _histogram(first.final_grades),
@@ -578,7 +578,7 @@ def render(result: dict[str, Any]) -> str:
         f"ratio engine / raw: {result['ratio_engine_over_raw']:.2f} "
         f"((engine - normalise_all) / raw: {result['ratio_engine_minus_normalise_over_raw']:.2f})",
         f"engine: {e['trace_records']} trace records, {e['trace_fired']} fired, "
-        f"{e['rejected']} rejected; peak RSS +{e['peak_rss_growth_kib'] / 1024:.1f} MiB "
+        f"{e['unused_facts']} unused facts; peak RSS +{e['peak_rss_growth_kib'] / 1024:.1f} MiB "
         "in its first run",
         f"raw: {raw['operations']} durable calls, {raw['not_handled']} not handled, "
         f"{raw['observed_duplicates']} refused as duplicates, "
