@@ -301,7 +301,7 @@ def test_cli_explain_as_of_explains_the_state_then(
     code = main(["explain", write(tmp_path, AFEBRILE), "--as-of", "2025-05-03T10:00:00Z"])
     out = capsys.readouterr().out
     assert code == 0
-    assert out.startswith("patient - as of 2025-05-03T10:00:00Z\n")
+    assert out.startswith("patient - as of 2025-05-03 10:00 (D+2)\n")
     assert "CRITICAL ICU_ADMISSION" in out
 
 

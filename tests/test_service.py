@@ -147,6 +147,9 @@ def test_patient_view_renders_the_crs_grade_and_every_recommendation_as_cards(ap
     r = api.post(PATIENT_VIEW, json=hook("patient-view", "pv-1"))
     assert r.status_code == 200, r.text
     cards = r.json()["cards"]
+    first = cards[0]  # the summary, as the text output and the HTML report open with it
+    assert first["source"]["topic"]["code"] == "summary" and first["indicator"] == "critical"
+    assert first["summary"].startswith("CRS grade 2") and "**CRS**: grade 2" in first["detail"]
     crs = [c for c in cards if c["source"]["topic"]["code"] == "crs"]
     assert [c["indicator"] for c in crs] == ["warning"]
     assert crs[0]["summary"].startswith("CRS grade 2 (ASTCT 2019)")

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.explain.summary import headline, missing_data, summary_lines
 from engine.language.ruleset import Rule
 from engine.language.terms import terms
 from engine.runtime.api import Engine
@@ -398,8 +399,9 @@ class CardMaker:
     def patient_cards(
         self, evaluation: Mapping[str, Any], *, service: str, patient: str
     ) -> list[Rendered]:
-        """Headline findings first, then every recommendation (critical first)."""
-        out: list[Rendered] = []
+        """The summary first (the same lines as the text output and the HTML report), then
+        the headline findings, then every recommendation (critical first)."""
+        out: list[Rendered] = [self._summary_card(evaluation, service, patient)]
         findings = evaluation.get("findings", {})
         for name, render in _FINDING_CARDS.items():
             value = findings.get(name)
@@ -410,6 +412,39 @@ class CardMaker:
         for rec in evaluation.get("recommendations", []):
             out.append(self._recommendation_card(rec, service, patient))
         return out
+
+    def _summary_card(self, evaluation: Mapping[str, Any], service: str, patient: str) -> Rendered:
+        """The answer in one card: info, or the highest severity of the recommendations (and
+        critical while the evaluation is incomplete)."""
+        lines = summary_lines(evaluation)
+        severities = {str(r.get("severity")) for r in evaluation.get("recommendations", [])}
+        if evaluation.get("status") == "incomplete":
+            severities.add("critical")
+        indicator: Indicator = next((i for i in ("critical", "warning") if i in severities), "info")
+        body = [f"- **{md_text(line.phase)}**: {md_text(line.text)}" for line in lines]
+        missing = missing_data(evaluation)
+        if missing:
+            body.append(
+                "\n".join(
+                    ["Missing data:"]
+                    + [f"- {md_text(name)}: {md_text(', '.join(facts))}" for name, facts in missing]
+                )
+            )
+        keys = [str(line) for line in lines]
+        card = Card(
+            uuid=card_uuid("summary", "cart-cds.summary", 1, "SUMMARY", keys),
+            summary=_summary(headline(evaluation)),
+            detail="\n".join(body[: len(lines)]) + ("\n\n" + body[-1] if missing else "")
+            if lines
+            else "No decision yet.",
+            indicator=indicator,
+            source=Source(
+                label="cart-cds summary",
+                url=f"{self.base_url}/openapi.json",
+                topic=Coding(system=FINDING_SYSTEM, code="summary", display="summary"),
+            ),
+        )
+        return self._issued(card, "summary", "SUMMARY", "cart-cds.summary", keys, service, patient)
 
     def _finding_card(
         self,

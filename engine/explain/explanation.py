@@ -4,9 +4,9 @@ Why: a recommendation's chain is rebuilt from the evaluation's trace alone. The 
 replayed to find the firings whose conclusions hold now (`fired` and `resupported` records
 not yet `withdrawn`); the firing that concluded a recommendation is the live firing of its
 rule whose `asserted` holds it; a finding it matched is found by its id, a derived finding
-(`d-...`) in the `asserted` of a live firing, a combined finding (`a-...`) in the
-evaluation's findings and then the live candidate firing of the winning rule (the `combined`
-record's rule) with the same values. The chain goes down through each firing's `matched`
+in the `asserted` of a live firing, a combined finding (the id of a `combined` record) in
+the evaluation's findings and then the live candidate firing of the winning rule (the
+`combined` record's rule) with the same values. The chain goes down through each firing's `matched`
 ids to the input facts, printed from the input. The rule set gives each rule's sources,
 evidence tag and explanation; nothing here runs rules or reads a clock.
 
@@ -26,8 +26,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.explain.summary import SummaryLine, day_label, summary_lines
 from engine.explain.whynot import WhyNot, why_not
-from engine.runtime.facts import Fact, normalise_all, parse_time
+from engine.runtime.facts import Fact, normalise, normalise_all, parse_time
+from engine.runtime.labels import Labels
 
 if TYPE_CHECKING:
     from engine.runtime.api import Engine
@@ -162,6 +164,9 @@ class Explanation:
     chains: list[Chain]
     withdrawn: list[Withdrawal]
     rules: dict[str, RuleInfo]  # every rule shown, by id, in order of first mention
+    summary: list[SummaryLine] = field(default_factory=list)  # the answer, as text shows it
+    status: str = "complete"
+    day_zero: str | None = None
 
     def text(self) -> str:
         return explanation_text(self)
@@ -171,6 +176,11 @@ class Explanation:
             "patient": self.patient,
             "as_of": self.as_of,
             "ruleset": self.ruleset,
+            "status": self.status,
+            "summary": [
+                {"phase": line.phase, "text": line.text, "incomplete": line.incomplete}
+                for line in self.summary
+            ],
             "recommendations": [c.as_dict() for c in self.chains],
             "withdrawn": [w.as_dict() for w in self.withdrawn],
             "rules": [r.as_dict() for r in self.rules.values()],
@@ -181,16 +191,17 @@ class Explanation:
 
 
 def fact_index(facts: Iterable[object]) -> dict[str, Fact]:
-    """The accepted input facts by id (raw JSON objects or normalised `Fact`s)."""
+    """The accepted input facts by id (raw JSON objects or normalised `Fact`s); a fact sent
+    without an id also by the name an evaluation gives it (engine.runtime.labels)."""
     out: dict[str, Fact] = {}
-    raws: list[object] = []
-    for item in facts:
-        if isinstance(item, Fact):
-            out.setdefault(item.id, item)
-        else:
-            raws.append(item)
-    for fact in normalise_all(raws)[0]:
-        out.setdefault(fact.id, fact)
+    labels = Labels()
+    for i, item in enumerate(facts):
+        read = item if isinstance(item, Fact) else normalise(item, i)
+        name = labels.name_input(read)
+        if isinstance(read, Fact):
+            out.setdefault(read.id, read)
+            if name is not None:
+                out.setdefault(name, read)
     return out
 
 
@@ -287,10 +298,12 @@ class TraceIndex:
                         self.derived[str(out["id"])] = (str(out["finding"]), values)
             elif event == "superseded" and record.get("fact") is not None:
                 self.superseded[str(record["fact"])] = str(record["by"])
-        self.combined: dict[str, tuple[str, Mapping[str, Any]]] = {}  # a- id -> (name, value)
+        # a combined finding: its id (from its `combined` record) -> (name, current value)
+        self.combined_ids = {str(r["id"]) for r in self.trace if r["event"] == "combined"}
+        self.combined: dict[str, tuple[str, Mapping[str, Any]]] = {}
         everything = {**evaluation.get("working", {}), **evaluation.get("findings", {})}
         for name, value in everything.items():
-            if isinstance(value, Mapping) and str(value.get("id", "")).startswith("a-"):
+            if isinstance(value, Mapping) and str(value.get("id", "")) in self.combined_ids:
                 self.combined[str(value["id"])] = (name, value)
         self._because: dict[FiringId, frozenset[str]] = {}
 
@@ -545,6 +558,9 @@ def explain(
         chains,
         _last_per_recommendation(gone),
         builder.rules,
+        summary_lines(evaluation),
+        str(evaluation.get("status", "complete")),
+        evaluation.get("day_zero"),
     )
 
 
@@ -619,7 +635,7 @@ def _reason_text(
             return f"{what} was superseded by {index.describe_id(by)}"
         return f"{what} no longer holds"
     name = index.finding_name(mid, record)
-    if mid.startswith("a-") and name is not None:
+    if mid in index.combined_ids and name is not None:
         nxt = next(
             (
                 r
@@ -698,10 +714,15 @@ def _candidate_cause(
 
 def explanation_text(expl: Explanation, *, width: int = 100) -> str:
     rs = expl.ruleset
+    as_of = day_label(expl.as_of, expl.day_zero) if expl.as_of else "-"
     lines = [
-        f"patient {expl.patient or '-'} as of {expl.as_of or '-'}",
+        f"patient {expl.patient or '-'} as of {as_of}",
         f"rules {rs.get('name', '?')} {rs.get('version', '?')} "
         f"(sha256 {str(rs.get('digest', ''))[:12]})",
+        f"status: {expl.status}",
+        "",
+        "Summary",
+        *([f"  {line}" for line in expl.summary] or ["  (no decision yet)"]),
         "",
     ]
     if not expl.chains:

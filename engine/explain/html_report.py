@@ -33,6 +33,7 @@ from engine.explain.explanation import (
     rule_info,
     withdrawals,
 )
+from engine.explain.summary import day_label, summary_lines
 from engine.runtime.facts import Fact, normalise_all, parse_time
 
 if TYPE_CHECKING:
@@ -127,13 +128,13 @@ def timeline_as_of(
     last = parse_time(steps[-1]["as_of"])[1] if steps and steps[-1]["as_of"] else None
     if last is None or limit > last:
         with engine.session() as session:
+            for item in (*accepted, *rejected):  # named as the timeline names them
+                session.name_input(item)
             for fact in sorted((f for f in accepted if f.t <= limit), key=lambda f: (f.t, f.id)):
                 session.add(fact)
             start = len(session.trace)
             session.advance(as_of)
-            step = engine.evaluation(session, as_of=parse_time(as_of)[0])
-            step["trace"] = step["trace"][start:]
-            steps.append(step)
+            steps.append(engine.evaluation(session, as_of=parse_time(as_of)[0], trace_from=start))
     return steps
 
 
@@ -541,6 +542,7 @@ def _facts_html(facts: Sequence[Fact], problems: Sequence[Mapping[str, Any]]) ->
     return out
 
 
+_INCOMPLETE = ' class="incomplete"'
 _STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:1.5rem;
 color:#17202a;max-width:1300px}
@@ -562,6 +564,7 @@ table{border-collapse:collapse;font-size:.88em;margin:.5rem 0;width:100%}
 td,th{border:1px solid #d5d8dc;padding:.2rem .4rem;vertical-align:top;text-align:left}
 tr.withdrawn td:first-child{white-space:nowrap}
 table.summary{width:auto}.summary td{border:none;padding:.1rem .6rem .1rem 0}
+tr.incomplete td{color:#c0392b}.status{font-weight:600}
 """
 
 
@@ -600,23 +603,18 @@ def render_html(
                 rules[c.rule] = info
     patient = final.get("patient") or "-"
     rs = final.get("ruleset", {})
-    heading = title or f"CAR-T decision support: patient {patient} as of {final.get('as_of')}"
-    findings = final.get("findings", {})
-    summary_rows = []
-    for name in ("crs", "icans", "eligibility", "icaht", "discharge_readiness"):
-        value = findings.get(name)
-        if isinstance(value, Mapping):
-            shown = {
-                k: v
-                for k, v in value.items()
-                if k in ("grade", "driver", "decision", "ice_total", "status")
-            }
-            if not shown:
-                continue
-            summary_rows.append(
-                f"<tr><td><b>{_e(name)}</b></td><td>"
-                f"{_e(', '.join(f'{k} {v}' for k, v in shown.items()))}</td></tr>"
-            )
+    as_of = day_label(str(final["as_of"]), final.get("day_zero")) if final.get("as_of") else "-"
+    heading = title or f"CAR-T decision support: patient {patient} as of {as_of}"
+    summary_rows = [
+        f"<tr{_INCOMPLETE if line.incomplete else ''}><td><b>{_e(line.phase)}</b>"
+        f"</td><td>{_e(line.text)}</td></tr>"
+        for line in summary_lines(final)
+    ] or ["<tr><td>no decision yet</td></tr>"]
+    status = (
+        "incomplete: facts could not be used (see Input); the decisions they touch are degraded"
+        if final.get("status") == "incomplete"
+        else "complete: every fact was used"
+    )
     body = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -628,10 +626,12 @@ def render_html(
 </head>
 <body>
 <h1>{_e(heading)}</h1>
+<h2>Summary</h2>
+<p class="status">{_e(status)}</p>
+<table class="summary">{"".join(summary_rows)}</table>
 <p class="muted">rules {_e(rs.get("name", "?"))} {_e(rs.get("version", "?"))}
 (sha256 {_e(rs.get("digest", ""))}); engine {_e(final.get("engine", {}).get("version", "?"))};
 {len(steps)} steps; times are UTC.</p>
-<table class="summary">{"".join(summary_rows)}</table>
 <h2>Course</h2>
 {plot}
 <h2>Recommendations withdrawn</h2>

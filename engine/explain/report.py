@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from engine.explain.summary import day_label, missing_data, show, summary_lines
 from engine.runtime.jsontext import dumps
 
 
@@ -105,44 +106,113 @@ def trace_lines(trace: Iterable[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def evaluation_text(ev: Mapping[str, Any], *, trace: bool = True) -> str:
+Style = Callable[[str, str], str]  # (text, kind) -> text; kind: critical, warning, info, head
+
+
+def plain(text: str, _kind: str) -> str:
+    return text
+
+
+def _when(value: str | None, ev: Mapping[str, Any]) -> str:
+    return day_label(value, ev.get("day_zero")) if value else "-"
+
+
+def header_lines(ev: Mapping[str, Any], style: Style = plain) -> list[str]:
     rs = ev["ruleset"]
-    lines = [
-        f"patient {ev['patient'] or '-'} as of {ev['as_of'] or '-'}",
-        f"rules {rs['name']} {rs['version']} (sha256 {rs['digest'][:12]}), "
+    head = f"Patient {ev['patient'] or '-'}, as of {_when(ev.get('as_of'), ev)}"
+    if ev.get("day_zero"):
+        head += f"; day 0 (CAR-T infusion) {day_label(ev['day_zero'], None)} UTC"
+    status = status_line(ev)
+    return [
+        style(head, "head"),
+        f"Rules {rs['name']} {rs['version']} (sha256 {rs['digest'][:12]}), "
         f"engine {ev['engine']['version']}",
-        status_line(ev),
-        "findings:",
-        *findings_lines(ev["findings"]),
-        "recommendations:",
-        *recommendation_lines(ev["recommendations"]),
+        style(status, "critical" if ev.get("status") == "incomplete" else "info"),
     ]
+
+
+def summary_block(ev: Mapping[str, Any], style: Style = plain) -> list[str]:
+    lines = summary_lines(ev)
+    if not lines:
+        return [style("Summary", "head"), "  (no decision yet)"]
+    width = max(len(line.phase) for line in lines)
+    return [style("Summary", "head")] + [
+        style(f"  {line.phase:<{width}}  {line.text}", "critical" if line.incomplete else "info")
+        for line in lines
+    ]
+
+
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+
+def recommendation_block(ev: Mapping[str, Any], style: Style = plain) -> list[str]:
+    recs = sorted(
+        ev.get("recommendations") or [],
+        key=lambda r: (SEVERITY_ORDER.get(r["severity"], 3), r["code"]),
+    )
+    out = [style("Recommendations", "head")]
+    for r in recs:
+        details = r.get("details") or {}
+        extra = ", ".join(
+            f"{k.replace('_', ' ')} {show(v, ev.get('day_zero'))}" for k, v in details.items()
+        )
+        out.append(style(f"  {r['severity'].upper():8} {r['text']}", r["severity"]))
+        if extra:
+            out.append(f"           {extra}")
+        because = ", ".join(sorted(r.get("because") or []))
+        out.append(
+            f"           why: rule {r['rule']} v{r['rule_version']} ({', '.join(r['sources'])}; "
+            f"evidence {r['evidence']}), since {_when(r.get('since'), ev)}, on {because or '-'}"
+        )
+    if len(out) == 1:
+        out.append("  (none)")
+    return out
+
+
+def missing_block(ev: Mapping[str, Any]) -> list[str]:
+    missing = missing_data(ev)
+    if not missing:
+        return []
+    return ["Missing data"] + [f"  {name}: {', '.join(facts)}" for name, facts in missing]
+
+
+def evaluation_text(
+    ev: Mapping[str, Any], *, trace: bool = False, verbose: bool = False, style: Style = plain
+) -> str:
+    """What a clinician reads: the header and status, the summary (one line per phase),
+    recommendations by severity with why, missing data, input problems; the rules' working
+    state with `verbose`, the trace with `trace` or `verbose`."""
+    lines = [*header_lines(ev, style), "", *summary_block(ev, style), ""]
+    lines += recommendation_block(ev, style)
+    if missing := missing_block(ev):
+        lines += ["", *missing]
     if ev.get("input_problems"):
-        lines.append("input problems:")
-        lines.extend(problem_lines(ev["input_problems"]))
+        lines += ["", style("Input problems", "head"), *problem_lines(ev["input_problems"])]
     if ev.get("after_as_of"):
-        lines.append(f"after as_of (not evaluated): {', '.join(ev['after_as_of'])}")
-    if trace:
-        lines.append("trace:")
+        lines += ["", f"After as_of (not evaluated): {', '.join(ev['after_as_of'])}"]
+    if verbose:
+        lines += ["", "Working state (the rules' intermediate findings)"]
+        lines += findings_lines(ev.get("working") or {})
+    if trace or verbose:
+        lines += ["", "Trace"]
         lines.extend(trace_lines(ev["trace"]) or ["  (nothing fired)"])
     return "\n".join(lines)
 
 
-def timeline_text(steps: Sequence[Mapping[str, Any]]) -> str:
+def timeline_text(
+    steps: Sequence[Mapping[str, Any]], *, trace: bool = False, style: Style = plain
+) -> str:
+    """Each step: its time, status and summary, the recommendations it holds (codes), and
+    with `trace` what happened at that step."""
     out = []
     for step in steps:
-        crs = step["findings"].get("crs")
-        grade = f" CRS grade {crs.get('grade')}" if isinstance(crs, dict) else ""
         mark = " [INCOMPLETE]" if step.get("status") == "incomplete" else ""
-        out.append(f"== as of {step['as_of']}{grade}{mark} ==")
-        out.append("findings:")
-        out.extend(findings_lines(step["findings"]))
-        out.append(
-            "recommendations: "
-            + (", ".join(r["code"] for r in step["recommendations"]) or "(none)")
-        )
-        out.append("this step:")
-        out.extend(trace_lines(step["trace"]) or ["  (no change)"])
+        out.append(style(f"== {_when(step.get('as_of'), step)}{mark} ==", "head"))
+        out.extend(f"  {line}" for line in summary_lines(step))
+        codes = ", ".join(r["code"] for r in step["recommendations"]) or "(none)"
+        out.append(f"  recommendations: {codes}")
+        if trace:
+            out.extend(trace_lines(step["trace"]) or ["  (no change)"])
         out.append("")
     return "\n".join(out)
 

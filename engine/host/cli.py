@@ -60,6 +60,14 @@ def _rule_problems(exc: RuleSetError) -> NoReturn:
 
 EXIT_INCOMPLETE = 3
 
+_COLOURS = {"critical": ("red", True), "warning": ("yellow", False), "head": (None, True)}
+
+
+def _style(text: str, kind: str) -> str:
+    """Colour by severity; click.echo drops the colour when the output is not a terminal."""
+    colour, bold = _COLOURS.get(kind, (None, False))
+    return click.style(text, fg=colour, bold=bold) if colour or bold else text
+
 
 def _read_input(path: str) -> tuple[list[object], list[InputProblem]]:
     """The facts of FACTS (a file, or - for standard input): a JSON array, NDJSON or a
@@ -154,7 +162,14 @@ def validate(rules_dir: str | None, policy: tuple[str, ...], fmt: str) -> None:
 @POLICY_OPTION
 @click.option("--format", "fmt", type=click.Choice(["json", "text"]), default="json")
 @click.option("--timeline", is_flag=True, help="Evaluate after each distinct fact time.")
-@click.option("--no-trace", is_flag=True, help="Leave the trace out of the text format.")
+@click.option("--trace", "show_trace", is_flag=True, help="Text format: add the trace.")
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Text format: add the rules' working state and the trace.",
+)
+@click.option("--no-trace", is_flag=True, hidden=True, help="The default now (kept for scripts).")
 def evaluate(
     facts: str,
     as_of: str | None,
@@ -162,6 +177,8 @@ def evaluate(
     policy: tuple[str, ...],
     fmt: str,
     timeline: bool,
+    show_trace: bool,
+    verbose: bool,
     no_trace: bool,
 ) -> None:
     """Evaluate one patient's FACTS (a JSON array or NDJSON file, or - for stdin)."""
@@ -172,7 +189,11 @@ def evaluate(
     result: Any
     if timeline:
         result = engine.timeline(raw, problems=problems)
-        click.echo(to_json(result) if fmt == "json" else timeline_text(result))
+        click.echo(
+            to_json(result)
+            if fmt == "json"
+            else timeline_text(result, trace=show_trace or verbose, style=_style)
+        )
         final = result[-1] if result else {"status": "incomplete" if problems else "complete"}
         if final["status"] == "incomplete":
             raise SystemExit(EXIT_INCOMPLETE)
@@ -181,7 +202,8 @@ def evaluate(
         result = engine.evaluate(raw, as_of=as_of, problems=problems)
     except ValueError as exc:  # a malformed --as-of
         raise click.BadParameter(str(exc), param_hint="--as-of") from exc
-    click.echo(to_json(result) if fmt == "json" else evaluation_text(result, trace=not no_trace))
+    text = evaluation_text(result, trace=show_trace and not no_trace, verbose=verbose, style=_style)
+    click.echo(to_json(result) if fmt == "json" else text)
     if result["status"] == "incomplete":
         raise SystemExit(EXIT_INCOMPLETE)
 
@@ -327,6 +349,15 @@ def policy(rules: str | None, policy: tuple[str, ...], fmt: str) -> None:
             click.echo(
                 f"{r['name']} = {scalar_text(r['value'])}{unit}{other}{conflict}  {r['location']}"
             )
+
+
+@cli.command()
+def contract() -> None:
+    """Print the evaluation contract (docs/evaluation.md): its keys and each public finding
+    with its fields, from schemas/evaluation.schema.json."""
+    from engine.language.contract import contract_markdown
+
+    click.echo(contract_markdown(), nl=False)
 
 
 @cli.command("explain")

@@ -1172,9 +1172,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         if stored == 0 and not data.available:
             raise data.refusal("this service cannot decide")
         evaluation = engine.with_problems(evaluation, data.unmapped)
-        rendered = maker.unused_data_cards(evaluation, service=PATIENT_VIEW, patient=patient)
-        rendered.extend(maker.patient_cards(evaluation, service=PATIENT_VIEW, patient=patient))
-        return response(rendered)
+        summary, *rest = maker.patient_cards(evaluation, service=PATIENT_VIEW, patient=patient)
+        unused = maker.unused_data_cards(evaluation, service=PATIENT_VIEW, patient=patient)
+        return response([summary, *unused, *rest])  # the answer first, as everywhere
 
     def gather(
         request: PatientViewRequest | OrderSignRequest | OrderSelectRequest, service: str

@@ -249,6 +249,7 @@ class RuleSet:
     aggregates: Mapping[str, Aggregate] = field(default_factory=dict)
     tables: Mapping[str, Table] = field(default_factory=dict)
     warnings: tuple[Problem, ...] = ()  # things worth a look that are not errors
+    day_zero: str | None = None  # the named condition whose first instance is day 0
 
     @property
     def authored_rules(self) -> int:

@@ -26,6 +26,7 @@ from engine.language import constructs
 from engine.language._builder import _Context, build_rule, suggest
 from engine.language._schema_errors import schema_problems
 from engine.language._yaml import YamlDoc, load_yaml, read_regular_file
+from engine.language.contract import check_public_findings
 from engine.language.ruleset import (
     Action,
     Collect,
@@ -237,6 +238,15 @@ def validate_documents(
             else:
                 rules.append(rule)
     _check_findings_used(ctx, rule_docs)
+    if manifest is not None and manifest[2] is not None and manifest[2] not in concepts:
+        doc = next(d for d in by_kind["ruleset"] if id(d) not in invalid)
+        ctx.problem(
+            doc,
+            "/day_zero",
+            f"day_zero {manifest[2]!r} is not a named condition"
+            + (f" (named conditions: {', '.join(sorted(concepts))})" if concepts else ""),
+        )
+    check_public_findings(ctx.problems, ctx.findings, rules)
     if ctx.problems:
         raise RuleSetError(sorted(set(ctx.problems), key=_problem_order))
     assert manifest is not None
@@ -251,6 +261,7 @@ def validate_documents(
     return RuleSet(
         name=manifest[0],
         version=manifest[1],
+        day_zero=manifest[2],
         digest=digest,
         files=files,
         rules=tuple(rules),
@@ -320,10 +331,11 @@ def _problem_order(p: Problem) -> tuple[str, int, int, str, str]:
 
 def _manifest(
     ctx: _Context, manifests: list[YamlDoc], docs: Sequence[YamlDoc], any_manifest: bool
-) -> tuple[str, str] | None:
+) -> tuple[str, str, str | None] | None:
     if len(manifests) == 1:
         data = cast(dict[str, Any], manifests[0].data)
-        return str(data["name"]), str(data["version"])
+        day_zero = data.get("day_zero")
+        return str(data["name"]), str(data["version"]), str(day_zero) if day_zero else None
     if not manifests:
         if not any_manifest:
             where = docs[0].filename.rpartition("/")[0] if docs else ""

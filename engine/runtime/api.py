@@ -21,11 +21,19 @@ from engine.language.validate import (
     read_rule_sources,
     validate_documents,
 )
-from engine.runtime.facts import Fact, Rejection, Retraction, future_time, normalise
+from engine.runtime.facts import (
+    Fact,
+    Normalised,
+    Rejection,
+    Retraction,
+    future_time,
+    normalise,
+)
 from engine.runtime.failsafe import Impact, degrade
+from engine.runtime.labels import readable
 from engine.runtime.problems import InputProblem
 from engine.runtime.session import Session
-from engine.runtime.times import iso
+from engine.runtime.times import iso, parse_time
 
 DURABLE_RULES_VERSION = "2.0.28"
 
@@ -93,6 +101,7 @@ class Engine:
         that did not map); they count like the engine's own."""
         with self.session(as_of=as_of, patient=patient) as session:
             read = _Read.of(facts, None if as_of is not None else session.future_limit())
+            read.name(session)
             later = read.replay(session, fixed=session.now if as_of is not None else None)
             return self.evaluation(
                 session,
@@ -113,6 +122,7 @@ class Engine:
         steps: list[dict[str, Any]] = []
         with self.session(patient=patient) as session:
             read = _Read.of(facts, session.future_limit())
+            read.name(session)
             for retraction in read.retractions:
                 session.add(retraction)
             times = sorted({f.t for f in read.facts})
@@ -132,8 +142,8 @@ class Engine:
                     as_of=iso(t),
                     extra_problems=(*extra, *read.replaced),
                     after_as_of=later,
+                    trace_from=start,
                 )
-                step["trace"] = step["trace"][start:]
                 steps.append(step)
         return steps
 
@@ -144,8 +154,11 @@ class Engine:
         as_of: str | None = None,
         extra_problems: Sequence[InputProblem] = (),
         after_as_of: Sequence[str] | None = None,
+        trace_from: int = 0,
     ) -> dict[str, Any]:
-        """The output contract (schemas/evaluation.schema.json) for a session's current state."""
+        """The output contract (schemas/evaluation.schema.json) for a session's current state
+        (the trace from record `trace_from` on). Ids the engine made leave it as readable
+        names and times as ISO times (engine.runtime.labels)."""
         rs = self.ruleset
         now = as_of or (iso(session.now) if session.now is not None else None)
         problems = _unique([*extra_problems, *session.input_problems()])
@@ -155,6 +168,7 @@ class Engine:
         findings = {n: v for n, v in everything.items() if n in public}
         working = {n: v for n, v in everything.items() if n not in public}
         later = list(after_as_of) if after_as_of is not None else session.after_as_of()
+        labels = session.labels
         return {
             "patient": session.patient,
             "as_of": now,
@@ -166,12 +180,13 @@ class Engine:
                 "durable_rules": DURABLE_RULES_VERSION,
             },
             "policy": rs.policy(),
-            "findings": findings,
-            "working": working,
-            "recommendations": session.recommendations(),
-            "input_problems": [p.as_dict() for p in problems],
-            "after_as_of": later,
-            "trace": list(session.trace),
+            "day_zero": _day_zero(everything.get(rs.day_zero) if rs.day_zero else None),
+            "findings": readable(findings, labels),
+            "working": readable(working, labels),
+            "recommendations": readable(session.recommendations(), labels),
+            "input_problems": readable([p.as_dict() for p in problems], labels),
+            "after_as_of": readable(later, labels),
+            "trace": readable(session.trace[trace_from:], labels),
         }
 
     def with_problems(
@@ -192,6 +207,13 @@ class Engine:
             out[part] = json.loads(json.dumps(out[part]))
             degrade(out[part], list(problems), self.impact, self.ruleset)
         return out
+
+
+def _day_zero(instances: object) -> str | None:
+    """The earliest time of the day-0 named condition's instances (ISO), or None."""
+    items = instances if isinstance(instances, list) else [instances] if instances else []
+    times = [str(i["since"]) for i in items if isinstance(i, dict) and i.get("since")]
+    return min(times, key=lambda t: parse_time(t)[1]) if times else None
 
 
 def _unique(problems: Iterable[InputProblem]) -> list[InputProblem]:
@@ -216,6 +238,7 @@ class _Read:
     retractions: tuple[Retraction, ...]
     rejections: tuple[Rejection, ...]
     replaced: tuple[InputProblem, ...]  # earlier versions, said once each
+    inputs: tuple[Normalised, ...]  # everything, in input order
 
     @staticmethod
     def of(raws: Iterable[object], future: float | None = None) -> _Read:
@@ -224,8 +247,10 @@ class _Read:
         replaced: list[InputProblem] = []
         retractions: list[Retraction] = []
         rejections: list[Rejection] = []
+        inputs: list[Normalised] = []
         for index, raw in enumerate(raws):
             item = normalise(raw, index)
+            inputs.append(item)
             if isinstance(item, Rejection):
                 rejections.append(item)
             elif isinstance(item, Retraction):
@@ -249,7 +274,14 @@ class _Read:
                 if earlier is None or earlier.content != item.content:
                     final[item.id] = item
         facts = sorted(final.values(), key=lambda f: (f.t, f.id))
-        return _Read(tuple(facts), tuple(retractions), tuple(rejections), tuple(replaced))
+        return _Read(
+            tuple(facts), tuple(retractions), tuple(rejections), tuple(replaced), tuple(inputs)
+        )
+
+    def name(self, session: Session) -> None:
+        """Name the facts sent without an id in input order (engine.runtime.labels)."""
+        for item in self.inputs:
+            session.name_input(item)
 
     def replay(self, session: Session, *, fixed: float | None = None) -> list[str]:
         """Everything into a session: what cannot be used first, then retractions, then the

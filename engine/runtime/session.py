@@ -56,6 +56,7 @@ from engine.runtime.facts import (
     supersession_key,
     worse_rank,
 )
+from engine.runtime.labels import Labels
 from engine.runtime.problems import InputProblem
 from engine.runtime.times import iso, parse_time
 
@@ -162,6 +163,7 @@ class Session:
         self._queue: deque[tuple[str, dict[str, Any]]] = deque()
         self._events: list[dict[str, Any]] = []
         self.trace: list[dict[str, Any]] = []
+        self.labels = Labels()  # readable names of the ids the engine makes (kept inside)
         self._fixed_clock = as_of is not None
         self._clock: float | None = None
         self._clock_did: str | None = None
@@ -197,6 +199,7 @@ class Session:
         idx = self._received if index is None else index
         self._received += 1
         item = raw if isinstance(raw, Fact | Retraction | Rejection) else normalise(raw, idx)
+        self.name_input(item)
         if isinstance(item, Rejection):
             self._reject(item)
         elif isinstance(item, Retraction):
@@ -204,6 +207,11 @@ class Session:
         else:
             self._admit(item)
         return item
+
+    def name_input(self, item: object) -> None:
+        """Give a fact sent without an id (the engine made its id) a readable name, once;
+        the evaluation names it so (engine.runtime.labels)."""
+        self.labels.name_input(item)
 
     def future_limit(self) -> float:
         """The latest fact time that can be real: the wall clock plus the policy's
@@ -450,7 +458,7 @@ class Session:
         if self._clock_did is not None:
             old, self._clock_did = self._clock_did, None
             self._retract(old)
-        did = f"_clock@{t!r}"
+        did = f"_clock@{iso(t)}"  # named by its time, as a person reads it
         self._clock_did = self._assert(_Live(did, {"type": CLOCK_TYPE, "t": t}, "clock"))
 
     # -- matcher -----------------------------------------------------------------------------
@@ -463,6 +471,8 @@ class Session:
         stored = self._m.assert_fact(self._rs, self._sid, live.did, live.content)
         live.did = stored
         self._live[stored] = live
+        if live.origin in ("derived", "aggregate", "computed"):
+            self.labels.concluded(stored, str(live.content[FINDING_FIELD]))
         if self._aggs and FINDING_FIELD in live.content:
             content = live.content
             self._aggs.added("finding", content[FINDING_FIELD], stored, content["t"], content)
@@ -703,15 +713,16 @@ class Session:
                 return
             del self._aggregates[finding]
             self._retract(current[1])
+        did = "a-" + hashlib.sha256(_canonical([finding, content]).encode()).hexdigest()[:16]
         self._event(
             {
                 "event": "combined",
                 "finding": finding,
+                "id": did,
                 "rule": self._firings[best[0]].branch.rule.id,
                 "value": _details(cand.fields),
             }
         )
-        did = "a-" + hashlib.sha256(_canonical([finding, content]).encode()).hexdigest()[:16]
         content[ID_FIELD] = did
         self._aggregates[finding] = (
             best,

@@ -1,0 +1,119 @@
+"""Readable names for the ids the engine makes itself.
+
+Inside a session every fact has an id: the sender's, or one the engine makes (a content
+hash for a fact sent without an id, `f-...`; a hash for each concluded finding, `d-...`,
+each combined finding, `a-...`, and each aggregate's value, `g-...`). The hashes stay
+inside: an evaluation names a concluded finding by its name and its number in the order
+the session concluded it (`crs_onset#1`, `icaht_up#3`), and a fact sent without an id by
+what it is and when (`temperature at 2025-06-05T14:00:00Z`; a second different fact with
+the same name and time gets ` #2`). The names are given in the order the session meets the
+ids, so the same facts in the same order give the same names (replay, timelines).
+
+`readable` applies the names to a part of an evaluation, and writes the times the rules
+keep as epoch seconds (fields named `*_t`) as ISO 8601 times: no output has an epoch
+number or an engine-made id.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from engine.runtime.times import iso
+
+# An id the engine made, as the matcher may store it (a `~c` view, a `~nN` retry suffix).
+INTERNAL_ID = re.compile(r"\b([adfg]-[0-9a-f]{16})(?:~c)?(?:~n\d+)?")
+
+
+def base_id(stored: str) -> str:
+    """The id without the matcher's storage suffixes."""
+    match = INTERNAL_ID.fullmatch(stored)
+    return match.group(1) if match else stored
+
+
+class Labels:
+    """The readable name of each id the engine made, given once, in the order met."""
+
+    def __init__(self) -> None:
+        self._name: dict[str, str] = {}
+        self._used: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._name)
+
+    def _give(self, internal: str, wanted: str, *, numbered: bool) -> str:
+        key = base_id(internal)
+        known = self._name.get(key)
+        if known is not None:
+            return known
+        self._used[wanted] += 1
+        n = self._used[wanted]
+        name = f"{wanted}#{n}" if numbered else wanted if n == 1 else f"{wanted} #{n}"
+        self._name[key] = name
+        return name
+
+    def concluded(self, internal: str, finding: str) -> str:
+        """A concluded, combined or computed finding: `name#n`."""
+        return self._give(internal, finding, numbered=True)
+
+    def anonymous(self, internal: str, raw: Mapping[str, Any]) -> str:
+        """A fact sent without an id: what it is and when."""
+        what = raw.get("name") or raw.get("code") or raw.get("drug") or raw.get("type") or "fact"
+        when = raw.get("time")
+        wanted = f"{what} at {when}" if isinstance(when, str) and when else str(what)
+        return self._give(internal, " ".join(str(wanted).split())[:120], numbered=False)
+
+    def name_input(self, item: object) -> str | None:
+        """The name of a read fact (a `Fact` or a `Rejection`) if the engine made its id."""
+        raw = getattr(item, "raw", None)  # a Fact's input
+        if raw is None:
+            raw = getattr(item, "fact", None)  # a Rejection's
+        ident = getattr(item, "id", None)
+        if (
+            isinstance(raw, Mapping)
+            and isinstance(ident, str)
+            and ident.startswith("f-")
+            and raw.get("id") != ident
+        ):
+            return self.anonymous(ident, raw)
+        return None
+
+    def name(self, ident: str) -> str:
+        """The readable name of `ident` (itself if the engine did not make it)."""
+        return self._name.get(base_id(ident), ident)
+
+    def text(self, text: str) -> str:
+        """`text` with every id the engine made replaced by its name."""
+        if "-" not in text:
+            return text
+        return INTERNAL_ID.sub(lambda m: self._name.get(m.group(1), m.group(0)), text)
+
+    def relabel(self, value: Any) -> Any:
+        """A JSON value with every engine-made id in its strings replaced by its name."""
+        return readable(value, self)
+
+
+def readable(value: Any, labels: Labels) -> Any:
+    """A JSON value as it leaves the engine: engine-made ids in its strings replaced by
+    their names, and the epoch seconds of a `*_t` field written as an ISO time."""
+    if isinstance(value, str):
+        return labels.text(value)
+    if isinstance(value, list):
+        return [readable(v, labels) for v in value]
+    if isinstance(value, dict):
+        return {
+            k: _time(v)
+            if k.endswith("_t") and isinstance(v, int | float) and not isinstance(v, bool)
+            else readable(v, labels)
+            for k, v in value.items()
+        }
+    return value
+
+
+def _time(t: float) -> str | float:
+    try:
+        return iso(float(t))
+    except (OverflowError, OSError, ValueError):  # not a time after all: as it is
+        return t
