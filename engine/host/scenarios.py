@@ -21,6 +21,7 @@ from typing import Any
 from engine.errors import RuleSetError
 from engine.language._yaml import load_yaml_file
 from engine.runtime.facts import Fact, normalise, parse_time
+from engine.runtime.labels import Labels
 from engine.runtime.times import resolve_relative_time
 
 _RELATIVE = re.compile(r"^D([+-]\d+)?(?:T\d{2}:\d{2})?$|^D0(?:T\d{2}:\d{2})?$")
@@ -452,10 +453,12 @@ def _check_tocilizumab_decisions(
         if "reason" in o:
             entry["reasons"].append(o["reason"])
     time_of = {}
-    for f in run.sc.facts:
-        fact = normalise(f)
+    labels = Labels()  # an order sent without an id is named as the evaluation names it
+    for i, f in enumerate(run.sc.facts):
+        fact = normalise(f, i)
+        name = labels.name_input(fact)
         if f.get("type") == "order_request" and isinstance(fact, Fact):
-            time_of[fact.time] = fact.id
+            time_of[fact.time] = name or fact.id
     for exp in expected:
         t = str(exp["t"])
         got = by_order.get(time_of.get(run.sc.at(t), ""), {})
