@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import engine
 from engine.runtime.facts import Fact, Rejection, normalise, normalise_all, parse_time
+from engine.runtime.labels import Labels
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -297,8 +298,9 @@ def test_nothing_is_lost_every_fact_is_used_or_named_in_the_input_problems(
     with cds.session() as session:  # fed in input order: the same checks as a batch
         for index, raw in enumerate(facts):
             session.add(raw, index)
-        used = {f.id for f in session.facts()}
+        used = {session.labels.name(f.id) for f in session.facts()}
         evaluation = cds.evaluation(session)
+        name = session.labels.name  # an evaluation names a fact sent without an id
     engine.check_evaluation(evaluation)
     named = {p["fact"] for p in evaluation["input_problems"]}
     for p in evaluation["input_problems"]:
@@ -309,9 +311,9 @@ def test_nothing_is_lost_every_fact_is_used_or_named_in_the_input_problems(
     for index, raw in enumerate(facts):
         result = normalise(raw, index)
         if isinstance(result, Rejection):
-            assert result.id in named, f"input {index} was not used and not named"
+            assert name(result.id) in named, f"input {index} was not used and not named"
         elif isinstance(result, Fact):
-            assert result.id in used or result.id in named, f"input {index} vanished"
+            assert name(result.id) in used | named, f"input {index} vanished"
 
 
 @settings(max_examples=150, deadline=None)
@@ -323,8 +325,11 @@ def test_arbitrary_json_never_raises_and_what_cannot_be_used_is_named_and_change
     evaluation = evaluate_checked(cds, values)
     named = {p["fact"] for p in evaluation["input_problems"] if p["severity"] == "error"}
     read = [normalise(v, i) for i, v in enumerate(values)]
+    labels = Labels()  # the names an evaluation gives facts sent without an id
+    for item in read:
+        labels.name_input(item)
     refused = [r for r in read if isinstance(r, Rejection) and r.reason]
-    assert {r.id for r in refused} <= named
+    assert {labels.name(r.id) for r in refused} <= named
     assert (evaluation["status"] == "incomplete") == bool(named)
     if all(isinstance(r, Rejection) for r in read):
         assert normal_form(evaluation) == normal_form(cds.evaluate([]))  # junk changes nothing

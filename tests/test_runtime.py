@@ -340,13 +340,20 @@ def test_the_matcher_runs_no_background_dispatch_threads(cds: engine.Engine) -> 
     assert not hasattr(host, "_d_timer") and not hasattr(host, "_t_timer")
 
 
+def bundled_base_files() -> list[Path]:
+    """The bundled manifest, policy, actions, value sets and named conditions: a rules
+    directory a test adds one rule file to."""
+    names = ("ruleset.yaml", "policy.yaml", "actions.yaml", "concepts.yaml")
+    return [REPO / "rules" / n for n in names] + sorted((REPO / "rules").glob("valuesets*.yaml"))
+
+
 def test_a_numeric_equality_does_not_hide_the_time_window_after_it(tmp_path: Path) -> None:
     """A numeric equality is a tolerance band (a nested `$and` in durable-rules), which
     made durable-rules ignore the join after it; the compiler flattens it."""
     rules = tmp_path / "rules"
     rules.mkdir()
-    for name in ("ruleset.yaml", "policy.yaml", "actions.yaml", "valuesets.yaml"):
-        shutil.copy(REPO / "rules" / name, rules / name)
+    for path in bundled_base_files():
+        shutil.copy(path, rules / path.name)
     (rules / "pet.yaml").write_text(PET_RULES, encoding="utf-8")
     cds = engine.load_rules(rules)
     facts = [
@@ -384,8 +391,8 @@ def test_an_integer_joins_an_equal_float(tmp_path: Path) -> None:
     """durable-rules compares 1 and 1.0 as different in a join; the matcher sees floats."""
     rules = tmp_path / "rules"
     rules.mkdir()
-    for name in ("ruleset.yaml", "policy.yaml", "actions.yaml", "valuesets.yaml"):
-        shutil.copy(REPO / "rules" / name, rules / name)
+    for path in bundled_base_files():
+        shutil.copy(path, rules / path.name)
     (rules / "join.yaml").write_text(JOIN_RULES, encoding="utf-8")
     cds = engine.load_rules(rules)
     facts = [

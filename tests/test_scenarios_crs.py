@@ -12,6 +12,7 @@ import pytest
 
 import engine
 from engine.host.scenarios import Scenario
+from engine.runtime.labels import Labels
 
 CRS_SCENARIOS = ["V23", "V25", "V27", "V30", "V32"]
 
@@ -88,14 +89,13 @@ def test_v23_37_9_is_not_fever_but_38_0_is(
 
 def decisions_by_time(result: dict[str, Any], sc: Scenario) -> dict[str, dict[str, Any]]:
     """The guard's decisions per order time: decision, dose number and the set of reasons."""
-    time_of = {
-        fid: fact_time
-        for fid, fact_time in (
-            (engine.runtime.facts.normalise(f).id, f["time"])  # type: ignore[union-attr]
-            for f in sc.facts
-            if f["type"] == "order_request"
-        )
-    }
+    labels = Labels()  # an order sent without an id is named as the evaluation names it
+    time_of = {}
+    for i, f in enumerate(sc.facts):
+        read = engine.runtime.facts.normalise(f, i)
+        name = labels.name_input(read)
+        if f["type"] == "order_request":
+            time_of[name or read.id] = f["time"]
     out: dict[str, dict[str, Any]] = {}
     for o in result["findings"]["tocilizumab_order"]:
         entry = out.setdefault(time_of[o["order"]], {"decision": o["decision"], "reasons": set()})
