@@ -275,11 +275,87 @@ def test_after_fever_resolves_without_a_masking_drug_the_grade_is_0_and_escalati
         and any("recommend" in a for a in r["asserted"])
     ]
     assert fired, "the fever drew no recommendation"
+    if domains_present(evaluation):
+        # hypotension or hypoxia outlasts the fever: never 0 (reference 4.1, R-45)
+        assert evaluation["findings"]["crs"]["grade"] != 0
+        return
     assert evaluation["findings"]["crs"]["grade"] == 0
     assert [r for r in evaluation["recommendations"] if r["rule"].startswith("crs.")] == []
     withdrawn_rules = {r["rule"] for r in trace if r["event"] == "withdrawn"}
     assert {r["rule"] for r in fired} <= withdrawn_rules
     assert open_recommending_firings(trace) == set()
+
+
+def domains_present(evaluation: dict[str, Any]) -> bool:
+    """A CRS hypotension or hypoxia domain holds (after the infusion, by the rules)."""
+    return bool(
+        evaluation["working"].get("crs_hypotension") or evaluation["working"].get("crs_hypoxia")
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(facts=gen.crs_course())
+def test_no_crs_grade_0_while_a_hypotension_or_hypoxia_domain_is_present(
+    cds: engine.Engine, facts: list[Any]
+) -> None:
+    """Reference 4.1 (December revision, R-45): whatever the fever did, a hypotension or
+    hypoxia domain after the infusion is graded by its domains or NOT_GRADED with a critical
+    clinician review, never 0."""
+    evaluation = cds.evaluate(facts)
+    if not domains_present(evaluation):
+        return
+    crs = evaluation["findings"]["crs"]
+    assert crs["grade"] != 0, crs
+    if crs["grade"] == "NOT_GRADED":
+        codes = {(r["code"], r["severity"]) for r in evaluation["recommendations"]}
+        assert ("CLINICIAN_REVIEW", "critical") in codes or (
+            "CLINICIAN_REVIEW",
+            "warning",
+        ) in codes  # the prophylactic-steroid case keeps its warning
+
+
+TOCILIZUMAB_NAMES = ("tocilizumab", "Tocilizumab", "TOCILIZUMAB", "Actemra", "tocilizumab-aazg")
+
+
+@st.composite
+def dose_history_and_orders(draw: st.DrawFn) -> tuple[list[dict[str, Any]], float | None]:
+    """An infusion, maybe a weight, earlier doses (administrations) and orders, each named
+    by the generic, a brand, a biosimilar or in another case, with doses around the limit."""
+    weight = draw(st.one_of(st.none(), st.integers(20, 160)))
+    facts: list[dict[str, Any]] = [dict(gen.INFUSION)]
+    if weight is not None:
+        facts.append(gen.patient_fact(weight))
+    for i in range(draw(st.integers(0, 5))):
+        facts.append({"id": f"d{i}", "type": "medication_admin", "status": "completed",
+                      "drug": draw(st.sampled_from(TOCILIZUMAB_NAMES)),
+                      "time": gen.at(draw(st.integers(0, gen.GRID_STEPS)))})  # fmt: skip
+    for i in range(draw(st.integers(1, 4))):
+        order: dict[str, Any] = {"id": f"o{i}", "type": "order_request",
+                                 "drug": draw(st.sampled_from(TOCILIZUMAB_NAMES)),
+                                 "time": gen.at(draw(st.integers(0, gen.GRID_STEPS)))}  # fmt: skip
+        if draw(st.booleans()):
+            order |= {"dose": draw(st.integers(100, 1200)), "unit": "mg"}
+        facts.append(order)
+    return facts, weight
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=dose_history_and_orders())
+def test_the_tocilizumab_guard_never_approves_a_dose_over_the_limit_or_without_a_weight(
+    cds: engine.Engine, case: tuple[list[dict[str, Any]], float | None]
+) -> None:
+    facts, weight = case
+    evaluation = cds.evaluate(facts)
+    orders = {f["id"]: f for f in facts if f["type"] == "order_request"}
+    policy = evaluation["policy"]
+    for decision in evaluation["findings"].get("tocilizumab_order", []):
+        if decision["decision"] != "GIVE":
+            continue
+        order = orders[decision["order"]]
+        assert weight is not None and weight >= policy["tocilizumab_min_weight_kg"], decision
+        limit = min(weight * policy["tocilizumab_mg_per_kg"], policy["tocilizumab_max_mg"])
+        assert order.get("dose", 0) <= limit + 1e-6, (order, limit)
+        assert decision["dose_number"] <= policy["tocilizumab_max_total"]
 
 
 # ---------------------------------------------------------------------------- 6-7 input

@@ -71,6 +71,9 @@ class Labels:
         if raw is None:
             raw = getattr(item, "fact", None)  # a Rejection's
         ident = getattr(item, "id", None)
+        data = getattr(item, "data", None)  # a Fact read: its canonical name, if it has one
+        if isinstance(raw, Mapping) and isinstance(data, Mapping) and data.get("name"):
+            raw = {**raw, "name": data["name"]}
         if (
             isinstance(raw, Mapping)
             and isinstance(ident, str)
