@@ -299,7 +299,8 @@ def test_car_hematotox_score_follows_the_table(
 def test_day_index_is_the_calendar_day_not_24_hour_periods(cds: engine.Engine) -> None:
     """A reading late on D+1 (23:30) is day 1, and one just after midnight is day 2."""
     result = evaluate(cds, [anc(1, 300, hhmm="23:30"), anc(2, 300, hhmm="00:10")])
-    assert sorted(a["day"] for a in result["working"]["icaht_anc"]) == [1, 2]
+    readings = result["working"]["followup_reading"]
+    assert sorted(a["day"] for a in readings if a["name"] == "anc") == [1, 2]
 
 
 def test_two_readings_on_one_day_count_as_one_day(cds: engine.Engine) -> None:
