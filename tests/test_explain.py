@@ -245,7 +245,7 @@ def test_why_not_names_a_missing_spo2_observation(cds: engine.Engine) -> None:
         {"id": "dx", "type": "diagnosis", "time": "2025-05-01T08:00:00Z",
          "histology": "DLBCL_NOS", "cns": "none"},
     ]  # fmt: skip
-    answer = why_not_at(cds, facts, "eligibility.spo2_zuma1_pass")
+    answer = why_not_at(cds, facts, "eligibility.thresholds.row22")
     branch = answer.branches[0]
     assert branch.status == "missing_data"
     assert "no observation with name 'spo2' was sent (unknown is not false)" in branch.reason
