@@ -16,7 +16,7 @@ import click
 
 from engine.errors import FactError, RuleSetError
 from engine.explain.report import evaluation_text, timeline_text, to_json
-from engine.host.cli_tools import diff_command
+from engine.host.cli_tools import diff_command, docs_command
 from engine.language.ruleset import Scalar
 from engine.runtime.api import Engine, load_rules
 from engine.runtime.problems import InputProblem
@@ -607,6 +607,7 @@ def audit_list(store: str | None, patient: str | None, fmt: str) -> None:
 
 
 cli.add_command(diff_command)
+cli.add_command(docs_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,10 @@
-"""The informaticist's tools on the command line: `cart-cds diff`
+"""The informaticist's tools on the command line: `cart-cds diff` and `cart-cds docs`
 (registered on the `cart-cds` group by engine.host.cli)."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
@@ -68,4 +69,40 @@ def diff_command(
     raise SystemExit(result.exit_code)
 
 
-__all__ = ["diff_command"]
+@click.command("docs")
+@click.argument("out_dir", type=click.Path(file_okay=False, writable=True))
+@click.option(
+    "--rules",
+    "rules",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Rules directory (default: the bundled rules).",
+)
+@click.option(
+    "--reference",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    metavar="FILE",
+    help="The clinical reference in Markdown, rendered and linked from every source "
+    "(default: docs/reference/cart-clinical-reference.md of the checkout).",
+)
+def docs_command(out_dir: str, rules: str | None, reference: str | None) -> None:
+    """Write the rule catalogue, a static HTML site entered at OUT_DIR/index.html: phases,
+    rules in plain language, findings, policy parameters, sources (docs/tools.md)."""
+    from engine.explain.site import default_reference, write_site
+    from engine.host.cli import _load
+
+    engine = _load(rules, ())
+    source = Path(reference) if reference is not None else default_reference()
+    if source is None:
+        click.echo(
+            "no clinical reference found: sources are not linked (use --reference)", err=True
+        )
+    try:
+        written = write_site(engine.ruleset, Path(out_dir), source)
+    except OSError as exc:
+        raise click.FileError(out_dir, hint=exc.strerror or str(exc)) from exc
+    click.echo(f"wrote {len(written)} files to {out_dir} (open {Path(out_dir) / 'index.html'})")
+
+
+__all__ = ["diff_command", "docs_command"]
