@@ -291,6 +291,18 @@ def scenario_run(
 @click.option("--insecure-dev", is_flag=True, help="No authentication: development only.")
 @click.option("--cache-size", default=128, type=click.IntRange(0), show_default=True)
 @click.option("--live-sessions", default=16, type=click.IntRange(0), show_default=True)
+@click.option(
+    "--admin-jwks",
+    metavar="FILE_OR_URL",
+    help="JWK Set of the admin keys: tokens they sign may reload the rules.",
+)
+@click.option(
+    "--admin-issuer",
+    "admin_issuers",
+    multiple=True,
+    metavar="ISS",
+    help="Allowed admin token issuer (default: the --issuer list).",
+)
 def serve(
     host: str,
     port: int,
@@ -303,15 +315,19 @@ def serve(
     insecure_dev: bool,
     cache_size: int,
     live_sessions: int,
+    admin_jwks: str | None,
+    admin_issuers: tuple[str, ...],
 ) -> None:
-    """Run the CDS Hooks services and the JSON API over a patient fact store (docs/service.md)."""
+    """Run the CDS Hooks services and the JSON API over a patient fact store (docs/service.md).
+    SIGHUP (or POST /admin/rules/reload) reloads the rules without a restart."""
     from engine.host.service import run_cli
 
     engine = _load(rules, policy)
     raise SystemExit(
         run_cli(engine, store, host=host, port=port, jwks=jwks, issuers=issuers,
                 base_url=base_url, insecure_dev=insecure_dev, cache_size=cache_size,
-                live_sessions=live_sessions)
+                live_sessions=live_sessions, rules=rules, policy=_parse_policy(policy),
+                admin_jwks=admin_jwks, admin_issuers=admin_issuers)
     )  # fmt: skip
 
 
