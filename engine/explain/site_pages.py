@@ -7,7 +7,7 @@ of the reference's source register, conflicts to their row of the conflict regis
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from engine.explain._html import e
@@ -104,6 +104,12 @@ def rule_section(x: Entry, links: Links) -> str:
 </section>"""
 
 
+def entry_section(x: Entry, links: Links) -> str:
+    """The section of one catalogue entry, by its kind (named conditions and decision
+    tables get their renderers here)."""
+    return SECTIONS.get(x.kind, rule_section)(x, links)
+
+
 def phase_page(phase: Phase, links: Links) -> str:
     entries = [x for x in links.catalogue.entries if x.file == phase.file]
     toc = "".join(
@@ -115,8 +121,11 @@ def phase_page(phase: Phase, links: Links) -> str:
         f"<code>{e(phase.name)}</code>, <code>{e(phase.file)}</code>, {len(entries)} rules</p>\n"
         f"<p>{e(phase.description)}</p>\n"
         f"<h2>Rules</h2><ol class='toc'>{toc}</ol>\n"
-        + "\n".join(rule_section(x, links) for x in entries)
+        + "\n".join(entry_section(x, links) for x in entries)
     )
+
+
+SECTIONS: dict[str, Callable[[Entry, Links], str]] = {"rule": rule_section}
 
 
 def findings_page(links: Links) -> str:
@@ -198,6 +207,7 @@ def valuesets_page(links: Links) -> str:
 
 
 __all__ = [
+    "SECTIONS",
     "Links",
     "actions_page",
     "findings_page",
