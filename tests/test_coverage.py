@@ -91,15 +91,33 @@ def test_the_json_report_has_the_scenarios_and_a_top_level_coverage_object(
     assert cov["by_phase"]["crs"]["fired"] > 10
 
 
-def test_fail_under_makes_the_run_fail_below_the_percentage(
-    capsys: pytest.CaptureFixture[str],
+SMALL = REPO / "tests" / "cases" / "valid_rules" / "full-language"  # 4 active rules
+FEVER = """\
+vignettes:
+  - id: F1
+    title: A fever on day 1
+    anchor_date: "2025-05-05"
+    facts:
+      - {t: "D0T10:00", type: procedure, name: car_t_infusion, status: done}
+      - {t: "D+1T12:00", type: observation, code: "8310-5", value: 38.2, unit: Cel}
+    expected:
+      crs_fever: {temperature_cel: 38.2}
+"""
+
+
+def test_fail_under_makes_a_passing_run_fail_below_the_percentage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["scenario", "run", str(CRS_SCENARIOS), "--only", "CRS-01", "--fail-under", "95"]
-    assert main(args) == 1
-    captured = capsys.readouterr()
-    assert "1 of 1 scenarios passed" in captured.out
-    assert "active rules fired" in captured.out and "never fired (" in captured.out
-    assert "is under --fail-under 95%" in captured.err
+    scenario = tmp_path / "fever.yaml"
+    scenario.write_text(FEVER, encoding="utf-8")
+    args = ["scenario", "run", str(scenario), "--rules", str(SMALL)]
+    assert main([*args, "--fail-under", "25"]) == 0  # 1 of 4 active rules fired: 25 %
+    out = capsys.readouterr().out
+    assert "1 of 1 scenarios passed" in out
+    assert "coverage: 1 of 4 active rules fired (25.0%) in 1 scenarios" in out
+    assert "never fired (3):" in out and "crs.hypoxia" in out
+    assert main([*args, "--fail-under", "25.1"]) == 1
+    assert "coverage 25.0% is under --fail-under 25.1%" in capsys.readouterr().err
 
 
 def test_the_html_report_is_self_contained_and_renders_in_chromium(

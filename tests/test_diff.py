@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
+import engine
 from engine.host.cli import main
+from engine.host.diff import run as run_diff
+from engine.host.diff_text import diff_text
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = REPO / "tests" / "cases" / "valid_rules" / "full-language"  # a complete small rule set
@@ -68,19 +71,20 @@ def scenario_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_diff_of_the_bundled_rules_with_themselves_is_empty(
-    tmp_path: Path, scenario_file: Path
+    cds: engine.Engine, tmp_path: Path, scenario_file: Path
 ) -> None:
     new = copy_rules(tmp_path, REPO / "rules")
     edit(new / "crs.yaml", "kind: rules\n", "kind: rules\n# reformatted, nothing else\n")
-    args = ["rules", str(new), "--scenarios", str(scenario_file), "--jobs", "1", "--format", "json"]
-    code, text = run(args)
-    assert code == 0, text
-    same = json.loads(text)
+    titles = {f"{scenario_file}#T1": "", f"{scenario_file}#T2": ""}
+    result = run_diff(cds, engine.load_rules(new), "rules", str(new), [str(scenario_file)],
+                      jobs=1, titles=titles)  # fmt: skip
+    same = result.as_dict()
     assert same["old"]["digest"] != same["new"]["digest"]  # other bytes, the same rules
     assert same["entries"] == same["parameters"] == same["valuesets"] == same["findings"] == []
     outcomes = same["outcomes"]
     assert (outcomes["scenarios"], outcomes["time_points"], outcomes["changed"]) == (2, 4, [])
-    assert outcomes["checks"] == outcomes["errors"] == [] and same["exit"] == 0
+    assert outcomes["checks"] == outcomes["errors"] == [] and result.exit_code == 0
+    assert diff_text(result).endswith("no change: identical definitions and outcomes")
 
 
 def test_a_changed_threshold_gives_exactly_the_expected_changes(
@@ -114,9 +118,7 @@ def test_a_changed_threshold_gives_exactly_the_expected_changes(
     assert diff["outcomes"]["checks"] == []  # the scenarios check the bundled rules' crs grade
     code, text = run(args)
     assert code == 1
-    assert (
-        "parameter changed: fever_threshold_cel 38.0 Cel -> 38.5 Cel (new/policy.yaml:9)" in text
-    )
+    assert "parameter changed: fever_threshold_cel 38.0 Cel -> 38.5 Cel (new/policy.yaml:9)" in text
     assert "  T1 A temperature of 38.2 Cel on day 1, at D+1T12:00 (2025-05-06T12:00:00Z):" in text
     assert "    crs_fever[-] " in text and " -> (absent)" in text
     assert text.rstrip().endswith(
