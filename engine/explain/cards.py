@@ -14,9 +14,11 @@ markdown `detail` through `md_text` (markdown punctuation backslash-escaped, `<`
 than any backtick run inside). Only the rule files' own texts are markdown. The `summary`
 (plain text) holds no input.
 
-Card and suggestion uuids are uuid5 over the rule id and version, the code and the ids of
-the facts the conclusion rests on: the same evaluation gives the same uuids, so feedback
-on a card can be joined back to the rule version that produced it.
+Card and suggestion uuids are uuid5 over the rule set's digest, the rule id and version,
+the code and the ids of the facts the conclusion rests on: the same evaluation gives the
+same uuids, so feedback on a card can be joined back to the rule version and the rule set
+that produced it (after a reload of the rules in the service, a card of the new rule set is
+a card of its own).
 """
 
 from __future__ import annotations
@@ -289,9 +291,13 @@ def _canonical(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def card_uuid(kind: str, rule: str, version: int, code: str, because: Sequence[str]) -> str:
-    """Deterministic: the same rule version, code and supporting facts give the same uuid."""
-    return str(uuid.uuid5(NAMESPACE, _canonical([kind, rule, version, code, sorted(because)])))
+def card_uuid(
+    kind: str, rule: str, version: int, code: str, because: Sequence[str], digest: str = ""
+) -> str:
+    """Deterministic: the same rule set, rule version, code and supporting facts give the
+    same uuid."""
+    parts: list[object] = [kind, rule, version, code, sorted(because)]
+    return str(uuid.uuid5(NAMESPACE, _canonical([*parts, digest] if digest else parts)))
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:])")
@@ -341,6 +347,9 @@ class CardMaker:
 
     def rule(self, rule_id: str) -> Rule | None:
         return self._rules.get(rule_id)
+
+    def _uuid(self, kind: str, rule: str, version: int, code: str, because: Sequence[str]) -> str:
+        return card_uuid(kind, rule, version, code, because, self.engine.ruleset.digest)
 
     def _version(self, rule_id: str) -> int:
         rule = self._rules.get(rule_id)
@@ -432,7 +441,7 @@ class CardMaker:
             )
         keys = [str(line) for line in lines]
         card = Card(
-            uuid=card_uuid("summary", "cart-cds.summary", 1, "SUMMARY", keys),
+            uuid=self._uuid("summary", "cart-cds.summary", 1, "SUMMARY", keys),
             summary=_summary(headline(evaluation)),
             detail="\n".join(body[: len(lines)]) + ("\n\n" + body[-1] if missing else "")
             if lines
@@ -467,7 +476,7 @@ class CardMaker:
         if details:
             lines.append("Details: " + _details(details))
         card = Card(
-            uuid=card_uuid("finding", rule_id, self._version(rule_id), code, because),
+            uuid=self._uuid("finding", rule_id, self._version(rule_id), code, because),
             summary=_summary(summary),
             detail="\n\n".join(lines),
             indicator=indicator,
@@ -490,7 +499,7 @@ class CardMaker:
         ]
         if details:
             lines.append("Details: " + _details(details))
-        uid = card_uuid("recommendation", rule_id, int(rec.get("rule_version", 0)), code, because)
+        uid = self._uuid("recommendation", rule_id, int(rec.get("rule_version", 0)), code, because)
         suggest = _SUGGESTIONS.get(code)
         suggestions = suggest(uid, details, patient) if suggest is not None else []
         severity: Indicator = rec["severity"]
@@ -527,7 +536,7 @@ class CardMaker:
                 for p in errors
             ]
             card = Card(
-                uuid=card_uuid("unused", "cart-cds.input", 1, "INPUT_NOT_USED", keys),
+                uuid=self._uuid("unused", "cart-cds.input", 1, "INPUT_NOT_USED", keys),
                 summary=_summary(
                     f"{len(facts)} fact(s) could not be used; grading and eligibility may be "
                     "wrong: verify"
@@ -627,7 +636,7 @@ class CardMaker:
             *self._provenance(rule_id),
             f"Rests on facts: {_ids(because)}.",
         ]
-        uid = card_uuid(
+        uid = self._uuid(
             "order", rule_id, self._version(rule_id), "BLOCK:" + ",".join(codes), because
         )
         card = Card(
@@ -678,7 +687,7 @@ class CardMaker:
         lines = [*self._order_notes(order), *self._provenance(rule_id)]
         lines.append(f"Rests on facts: {_ids(because)}.")
         card = Card(
-            uuid=card_uuid("order", rule_id, self._version(rule_id), "GIVE", because),
+            uuid=self._uuid("order", rule_id, self._version(rule_id), "GIVE", because),
             summary=_summary(summary),
             detail="\n\n".join(lines),
             indicator="info",
