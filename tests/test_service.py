@@ -156,7 +156,7 @@ def test_patient_view_renders_the_crs_grade_and_every_recommendation_as_cards(ap
     toci = next(c for c in cards if c["source"]["topic"]["code"] == "TOCILIZUMAB_8MG_KG_MAX_800MG")
     assert toci["indicator"] == "critical"
     assert toci["source"]["url"].endswith("/rules/crs.tocilizumab")
-    assert "crs.tocilizumab v1" in toci["source"]["label"] and "S02" in toci["source"]["label"]
+    assert "crs.tocilizumab v2" in toci["source"]["label"] and "S02" in toci["source"]["label"]
     (suggestion,) = toci["suggestions"]
     assert suggestion["label"] == "Order tocilizumab 648 mg IV over 1 h"
     assert suggestion["actions"][0]["resource"]["resourceType"] == "MedicationRequest"
@@ -332,7 +332,7 @@ def test_feedback_records_an_override_with_its_reason_in_the_store(
     finally:
         store.close()
     assert kept.override_reason == reason and kept.user_comment == "IL-6 storm, ICU agrees"
-    assert issued is not None and (issued.rule, issued.rule_version) == ("tocilizumab.block", 1)
+    assert issued is not None and (issued.rule, issued.rule_version) == ("tocilizumab.block", 2)
 
 
 def test_feedback_on_a_card_never_issued_is_refused_and_nothing_is_stored(api: Api) -> None:
@@ -476,7 +476,7 @@ def test_evaluate_answers_for_a_one_off_fact_list_and_says_what_it_could_not_use
 
 def test_a_rule_link_of_a_card_describes_the_rule(api: Api) -> None:
     r = api.http.get("/rules/tocilizumab.block_interval")
-    assert r.json()["sources"] == ["S02", "S34"] and r.json()["version"] == 1
+    assert r.json()["sources"] == ["S02", "S34"] and r.json()["version"] == 2
     assert api.http.get("/rules/no.such.rule").status_code == 404
 
 

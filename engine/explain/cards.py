@@ -587,7 +587,8 @@ class CardMaker:
             mine = [d for d in decisions if d.get("order") == fid]
             if not mine:
                 continue
-            refused = [d for d in mine if d.get("decision") == "BLOCK"]
+            # REVIEW (the guard cannot check the order) is never shown as within the limits
+            refused = [d for d in mine if d.get("decision") in ("BLOCK", "REVIEW")]
             reasons = sorted(
                 (b for b in blocks if b.get("order") == fid), key=lambda b: str(b.get("reason"))
             )
@@ -619,13 +620,17 @@ class CardMaker:
         codes = sorted({str(d.get("reason")) for d in refused})
         phrases = [_reason_text(b, policy) for b in reasons] or [_words(c) for c in codes]
         because = sorted({str(x) for d in [*refused, *reasons] for x in d.get("because", [])})
-        summary = "Tocilizumab order refused: " + phrases[0]
+        review = all(d.get("decision") == "REVIEW" for d in refused)
+        head = "Tocilizumab order needs review: " if review else "Tocilizumab order refused: "
+        summary = head + phrases[0]
         if len(phrases) > 1:
             summary += f" (+{len(phrases) - 1} more)"
         if order.server_time:
             summary += " (order time: server clock)"
         lines = [
-            "The dose guard refuses this order:",
+            "The dose guard cannot check this order:"
+            if review
+            else "The dose guard refuses this order:",
             "\n".join(
                 f"- {md_code(b.get('reason'))}: {md_text(_reason_text(b, policy))} "
                 f"(rule {md_code(b.get('rule'))})"
@@ -747,6 +752,18 @@ def _reason_text(block: Mapping[str, Any], policy: Mapping[str, Any]) -> str:
         return (
             f"already {policy.get('tocilizumab_max_per_window', 3)} doses in "
             f"{policy.get('tocilizumab_window', 24)} h"
+        )
+    if reason == "DOSE_ABOVE_8MG_KG_OR_800MG":
+        ordered, limit = block.get("ordered_mg"), block.get("dose_to_give_mg")
+        if isinstance(ordered, int | float) and isinstance(limit, int | float):
+            return (
+                f"{_number(ordered)} mg ordered, above the limit: give at most {_number(limit)} mg"
+            )
+        return "the ordered dose is above min(8 mg/kg, 800 mg)"
+    if reason == "NO_WEIGHT_OF_30KG_OR_MORE":
+        return (
+            f"no weight of {_number(policy.get('tocilizumab_min_weight_kg', 30))} kg or more on "
+            "record: the 8 mg/kg dose cannot be checked"
         )
     if reason == "MAX_4_TOTAL":
         return f"already {policy.get('tocilizumab_max_total', 4)} doses in total"
