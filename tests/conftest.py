@@ -1,11 +1,19 @@
-"""Shared fixtures: the bundled rules are loaded and compiled once per test session, and
-one authenticated service serves the hardening tests (corpus, conformance, surrogates)."""
+"""Shared fixtures: the bundled rules are loaded and compiled once per test session, one
+authenticated service serves the hardening tests (corpus, conformance, surrogates), and one
+headless Chromium serves every test of an HTML page.
+
+The browser needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them) and
+selenium (the `dev` extra). Locally without them a browser test skips with the reason; in
+CI (CI=true) it fails instead, so a missing browser cannot pass unnoticed."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 from servers import Keys, Service, free_port, make_keys, write_jwks
@@ -58,3 +66,49 @@ def hardened(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hardened]:
     server.start()
     yield Hardened(server, keys, fhir_port)
     server.stop()
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"HTML pages cannot be checked in a browser: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    try:
+        from selenium import webdriver
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _unavailable("selenium is not installed (pip install -e '.[dev]')")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if binary is None or driver_path is None:
+        _unavailable("no chromium/chromedriver: apt-get install -y chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(binary)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND",  # no name resolves: no network at all
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        "--window-size=1280,2000",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    try:
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    except WebDriverException as exc:
+        _unavailable(f"chromium did not start: {exc.msg}")
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -225,7 +225,9 @@ def test_a_first_tocilizumab_order_of_900_mg_is_checked_from_the_prefetch_alone(
     answer = r.json()
     assert_conformant(answer)
     (card,) = [c for c in answer["cards"] if c["summary"].startswith("Tocilizumab order")]
-    assert card["summary"] == "Tocilizumab order within the dose limits: dose 1 of at most 4"
+    # checked, and not approved: no weight is on record to check 900 mg against 8 mg/kg
+    assert card["summary"].startswith("Tocilizumab order needs review: no weight of 30 kg")
+    assert card["indicator"] == "critical"
 
 
 def test_without_prefetch_the_service_queries_the_fhir_server_with_the_token(

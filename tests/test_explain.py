@@ -50,8 +50,9 @@ GRADE3 = [
     {"id": "ne", "type": "vasopressor", "time": "2025-05-03T10:00:00Z", "drug": "norepinephrine",
      "status": "started"},
 ]  # fmt: skip
-# the fever reading is superseded by a normal one: the CRS grade falls to 0
-AFEBRILE = [*GRADE3, temperature("t2", "2025-05-03T12:00:00Z", 37.0)]
+# the fever reading is superseded by a normal one more than the fever lookback (24 h) later:
+# the episode is closed, the grade is no longer 3 (the vasopressor alone: NOT_GRADED)
+AFEBRILE = [*GRADE3, temperature("t2", "2025-05-04T09:00:00Z", 37.0)]
 
 
 def outline(node: Node, depth: int = 0) -> list[str]:

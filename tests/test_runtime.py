@@ -329,8 +329,11 @@ def test_an_antipyretic_given_before_crs_onset_does_not_waive_the_fever_requirem
         },
     ]
     result = cds.evaluate(facts)
-    assert "crs_masking" not in result["findings"]
-    assert grade(result) == 0
+    assert "crs_masking" not in result["working"]  # the antipyretic came before the onset
+    # the episode is still open (fever 4 h earlier, untreated): hypotension grades it, never
+    # 0 (reference 4.1, December revision R-45)
+    assert grade(result) == 2
+    assert result["findings"]["crs"]["flag"] == "FEVER_RESOLVED_UNTREATED_EPISODE_OPEN"
 
 
 def test_the_matcher_runs_no_background_dispatch_threads(cds: engine.Engine) -> None:

@@ -61,6 +61,8 @@ def test_tocilizumab_dose_is_8_mg_per_kg_capped_at_800_mg(
     result = cds.evaluate(sc.facts)
     if vid == "V25":  # the grade-2 point; CRS falls to grade 1 after the SBP recovers
         result = cds.evaluate(sc.facts, as_of=sc.at("D+3T16:00"))
+    if vid == "V32":  # before the first order: at the end 4 doses are given, none is advised
+        result = cds.evaluate(sc.facts, as_of=sc.at("D+2T07:00"))
     (toci,) = [r for r in result["recommendations"] if r["code"] == "TOCILIZUMAB_8MG_KG_MAX_800MG"]
     assert toci["details"]["dose_mg"] == sc.expected["tocilizumab_dose_mg"]
 

@@ -14,9 +14,11 @@ markdown `detail` through `md_text` (markdown punctuation backslash-escaped, `<`
 than any backtick run inside). Only the rule files' own texts are markdown. The `summary`
 (plain text) holds no input.
 
-Card and suggestion uuids are uuid5 over the rule id and version, the code and the ids of
-the facts the conclusion rests on: the same evaluation gives the same uuids, so feedback
-on a card can be joined back to the rule version that produced it.
+Card and suggestion uuids are uuid5 over the rule set's digest, the rule id and version,
+the code and the ids of the facts the conclusion rests on: the same evaluation gives the
+same uuids, so feedback on a card can be joined back to the rule version and the rule set
+that produced it (after a reload of the rules in the service, a card of the new rule set is
+a card of its own).
 """
 
 from __future__ import annotations
@@ -289,9 +291,13 @@ def _canonical(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def card_uuid(kind: str, rule: str, version: int, code: str, because: Sequence[str]) -> str:
-    """Deterministic: the same rule version, code and supporting facts give the same uuid."""
-    return str(uuid.uuid5(NAMESPACE, _canonical([kind, rule, version, code, sorted(because)])))
+def card_uuid(
+    kind: str, rule: str, version: int, code: str, because: Sequence[str], digest: str = ""
+) -> str:
+    """Deterministic: the same rule set, rule version, code and supporting facts give the
+    same uuid."""
+    parts: list[object] = [kind, rule, version, code, sorted(because)]
+    return str(uuid.uuid5(NAMESPACE, _canonical([*parts, digest] if digest else parts)))
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:])")
@@ -341,6 +347,9 @@ class CardMaker:
 
     def rule(self, rule_id: str) -> Rule | None:
         return self._rules.get(rule_id)
+
+    def _uuid(self, kind: str, rule: str, version: int, code: str, because: Sequence[str]) -> str:
+        return card_uuid(kind, rule, version, code, because, self.engine.ruleset.digest)
 
     def _version(self, rule_id: str) -> int:
         rule = self._rules.get(rule_id)
@@ -432,7 +441,7 @@ class CardMaker:
             )
         keys = [str(line) for line in lines]
         card = Card(
-            uuid=card_uuid("summary", "cart-cds.summary", 1, "SUMMARY", keys),
+            uuid=self._uuid("summary", "cart-cds.summary", 1, "SUMMARY", keys),
             summary=_summary(headline(evaluation)),
             detail="\n".join(body[: len(lines)]) + ("\n\n" + body[-1] if missing else "")
             if lines
@@ -467,7 +476,7 @@ class CardMaker:
         if details:
             lines.append("Details: " + _details(details))
         card = Card(
-            uuid=card_uuid("finding", rule_id, self._version(rule_id), code, because),
+            uuid=self._uuid("finding", rule_id, self._version(rule_id), code, because),
             summary=_summary(summary),
             detail="\n\n".join(lines),
             indicator=indicator,
@@ -490,7 +499,7 @@ class CardMaker:
         ]
         if details:
             lines.append("Details: " + _details(details))
-        uid = card_uuid("recommendation", rule_id, int(rec.get("rule_version", 0)), code, because)
+        uid = self._uuid("recommendation", rule_id, int(rec.get("rule_version", 0)), code, because)
         suggest = _SUGGESTIONS.get(code)
         suggestions = suggest(uid, details, patient) if suggest is not None else []
         severity: Indicator = rec["severity"]
@@ -527,7 +536,7 @@ class CardMaker:
                 for p in errors
             ]
             card = Card(
-                uuid=card_uuid("unused", "cart-cds.input", 1, "INPUT_NOT_USED", keys),
+                uuid=self._uuid("unused", "cart-cds.input", 1, "INPUT_NOT_USED", keys),
                 summary=_summary(
                     f"{len(facts)} fact(s) could not be used; grading and eligibility may be "
                     "wrong: verify"
@@ -578,7 +587,8 @@ class CardMaker:
             mine = [d for d in decisions if d.get("order") == fid]
             if not mine:
                 continue
-            refused = [d for d in mine if d.get("decision") == "BLOCK"]
+            # REVIEW (the guard cannot check the order) is never shown as within the limits
+            refused = [d for d in mine if d.get("decision") in ("BLOCK", "REVIEW")]
             reasons = sorted(
                 (b for b in blocks if b.get("order") == fid), key=lambda b: str(b.get("reason"))
             )
@@ -610,13 +620,17 @@ class CardMaker:
         codes = sorted({str(d.get("reason")) for d in refused})
         phrases = [_reason_text(b, policy) for b in reasons] or [_words(c) for c in codes]
         because = sorted({str(x) for d in [*refused, *reasons] for x in d.get("because", [])})
-        summary = "Tocilizumab order refused: " + phrases[0]
+        review = all(d.get("decision") == "REVIEW" for d in refused)
+        head = "Tocilizumab order needs review: " if review else "Tocilizumab order refused: "
+        summary = head + phrases[0]
         if len(phrases) > 1:
             summary += f" (+{len(phrases) - 1} more)"
         if order.server_time:
             summary += " (order time: server clock)"
         lines = [
-            "The dose guard refuses this order:",
+            "The dose guard cannot check this order:"
+            if review
+            else "The dose guard refuses this order:",
             "\n".join(
                 f"- {md_code(b.get('reason'))}: {md_text(_reason_text(b, policy))} "
                 f"(rule {md_code(b.get('rule'))})"
@@ -627,7 +641,7 @@ class CardMaker:
             *self._provenance(rule_id),
             f"Rests on facts: {_ids(because)}.",
         ]
-        uid = card_uuid(
+        uid = self._uuid(
             "order", rule_id, self._version(rule_id), "BLOCK:" + ",".join(codes), because
         )
         card = Card(
@@ -678,7 +692,7 @@ class CardMaker:
         lines = [*self._order_notes(order), *self._provenance(rule_id)]
         lines.append(f"Rests on facts: {_ids(because)}.")
         card = Card(
-            uuid=card_uuid("order", rule_id, self._version(rule_id), "GIVE", because),
+            uuid=self._uuid("order", rule_id, self._version(rule_id), "GIVE", because),
             summary=_summary(summary),
             detail="\n\n".join(lines),
             indicator="info",
@@ -738,6 +752,18 @@ def _reason_text(block: Mapping[str, Any], policy: Mapping[str, Any]) -> str:
         return (
             f"already {policy.get('tocilizumab_max_per_window', 3)} doses in "
             f"{policy.get('tocilizumab_window', 24)} h"
+        )
+    if reason == "DOSE_ABOVE_8MG_KG_OR_800MG":
+        ordered, limit = block.get("ordered_mg"), block.get("dose_to_give_mg")
+        if isinstance(ordered, int | float) and isinstance(limit, int | float):
+            return (
+                f"{_number(ordered)} mg ordered, above the limit: give at most {_number(limit)} mg"
+            )
+        return "the ordered dose is above min(8 mg/kg, 800 mg)"
+    if reason == "NO_WEIGHT_OF_30KG_OR_MORE":
+        return (
+            f"no weight of {_number(policy.get('tocilizumab_min_weight_kg', 30))} kg or more on "
+            "record: the 8 mg/kg dose cannot be checked"
         )
     if reason == "MAX_4_TOTAL":
         return f"already {policy.get('tocilizumab_max_total', 4)} doses in total"

@@ -17,6 +17,7 @@ import click
 
 from engine.errors import FactError, RuleSetError
 from engine.explain.report import evaluation_text, timeline_text, to_json
+from engine.host.cli_tools import diff_command, docs_command
 from engine.host.cohort.cli import cohort
 from engine.host.inputs import as_facts
 from engine.language.ruleset import Scalar
@@ -224,34 +225,71 @@ def scenario() -> None:
 
 
 @scenario.command("run")
-@click.argument("path", type=click.Path(exists=True))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @RULES_OPTION
 @POLICY_OPTION
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.option("--verbose", "-v", is_flag=True, help="List passing checks too.")
 @click.option("--only", "only", multiple=True, metavar="ID", help="Run only these scenario ids.")
+@click.option("--coverage", is_flag=True, help="Report which rules fired and which never did.")
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False, writable=True),
+    metavar="FILE",
+    help="Write the coverage report as a self-contained HTML page (implies --coverage).",
+)
+@click.option(
+    "--fail-under",
+    type=click.FloatRange(0, 100),
+    metavar="N",
+    help="Exit 1 when fewer than N% of the active rules fired (implies --coverage).",
+)
 def scenario_run(
-    path: str,
+    paths: tuple[str, ...],
     rules: str | None,
     policy: tuple[str, ...],
     fmt: str,
     verbose: bool,
     only: tuple[str, ...],
+    coverage: bool,
+    html_out: str | None,
+    fail_under: float | None,
 ) -> None:
-    """Evaluate every scenario of PATH (a file or a directory of *.yaml) and compare each
-    expected value with what came out; exit 1 on any mismatch."""
+    """Evaluate every scenario of PATHS (files, or directories of *.yaml) and compare each
+    expected value with what came out; exit 1 on any mismatch (docs/scenarios.md)."""
+    from engine.host.coverage import CoverageRun
     from engine.host.scenarios import engine_factory, load_scenarios, report_text, run_scenario
 
-    _load(rules, policy)  # report rule problems once, before any scenario runs
-    factory = engine_factory(rules, _parse_policy(policy))
+    base = _load(rules, policy)  # report rule problems once, before any scenario runs
+    factory = engine_factory(rules, _parse_policy(policy), loaded=base)
+    measuring = CoverageRun(base) if coverage or html_out or fail_under is not None else None
+    observe = measuring.observer if measuring is not None else None
 
-    scenarios = [s for s in load_scenarios(path) if not only or s.id in only]
-    results = [run_scenario(s, factory) for s in scenarios]
+    scenarios = [s for p in paths for s in load_scenarios(p) if not only or s.id in only]
+    results = [run_scenario(s, factory, observe) for s in scenarios]
+    report = measuring.report() if measuring is not None else None
     if fmt == "json":
-        click.echo(to_json([r.as_dict() for r in results]))
+        listed = [r.as_dict() for r in results]
+        click.echo(
+            to_json({"scenarios": listed, "coverage": report.as_dict()} if report else listed)
+        )
     else:
         click.echo(report_text(results, verbose=verbose))
+        if report is not None:
+            click.echo(report.text())
+    if report is not None and html_out is not None:
+        try:
+            CoverageRun.write_html(report, html_out)
+        except OSError as exc:
+            raise click.FileError(html_out, hint=exc.strerror or str(exc)) from exc
+        click.echo(f"wrote {html_out}", err=True)
     if not results or not all(r.ok for r in results):
+        raise SystemExit(1)
+    if report is not None and fail_under is not None and report.percent < fail_under:
+        click.echo(
+            f"coverage {report.percent:.1f}% is under --fail-under {fail_under:g}%", err=True
+        )
         raise SystemExit(1)
 
 
@@ -292,6 +330,18 @@ def scenario_run(
     help="A FHIR base URL the service may query when a call has no prefetch "
     "(repeatable; docs/service.md).",
 )
+@click.option(
+    "--admin-jwks",
+    metavar="FILE_OR_URL",
+    help="JWK Set of the admin keys: tokens they sign may reload the rules.",
+)
+@click.option(
+    "--admin-issuer",
+    "admin_issuers",
+    multiple=True,
+    metavar="ISS",
+    help="Allowed admin token issuer (default: the --issuer list).",
+)
 def serve(
     host: str,
     port: int,
@@ -306,8 +356,11 @@ def serve(
     live_sessions: int,
     max_token_lifetime: int,
     fhir_servers: tuple[str, ...],
+    admin_jwks: str | None,
+    admin_issuers: tuple[str, ...],
 ) -> None:
-    """Run the CDS Hooks services and the JSON API over a patient fact store (docs/service.md)."""
+    """Run the CDS Hooks services and the JSON API over a patient fact store (docs/service.md).
+    SIGHUP (or POST /admin/rules/reload) reloads the rules without a restart."""
     from engine.host.service import run_cli
 
     engine = _load(rules, policy)
@@ -315,7 +368,8 @@ def serve(
         run_cli(engine, store, host=host, port=port, jwks=jwks, issuers=issuers,
                 base_url=base_url, insecure_dev=insecure_dev, cache_size=cache_size,
                 live_sessions=live_sessions, max_token_lifetime=max_token_lifetime,
-                fhir_servers=fhir_servers)
+                fhir_servers=fhir_servers, rules=rules, policy=_parse_policy(policy),
+                admin_jwks=admin_jwks, admin_issuers=admin_issuers)
     )  # fmt: skip
 
 
@@ -684,6 +738,8 @@ def audit_list(store: str | None, patient: str | None, fmt: str) -> None:
 
 
 cli.add_command(cohort)
+cli.add_command(diff_command)
+cli.add_command(docs_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,15 +152,26 @@ class ScenarioResult:
 
 EngineFactory = Callable[[Mapping[str, Any]], Any]  # policy overrides -> Engine
 
+# Called with every evaluation the runner makes: the scenario, the policy overrides it ran
+# under (the scenario's own, or an alternative's), the time point (None: the final
+# evaluation) and the evaluation. Coverage and the semantic diff read the runs this way.
+Observer = Callable[[Scenario, Mapping[str, Any], str | None, dict[str, Any]], None]
+
 
 def engine_factory(
-    rules: str | Path | None = None, policy: Mapping[str, Any] | None = None
+    rules: str | Path | None = None,
+    policy: Mapping[str, Any] | None = None,
+    *,
+    loaded: Any = None,
 ) -> EngineFactory:
-    """Engines for the rules under `policy` plus a scenario's overrides, each compiled once."""
+    """Engines for the rules under `policy` plus a scenario's overrides, each compiled once;
+    `loaded` is the engine of the rules under `policy` alone, when the caller has it."""
     from engine.runtime.api import load_rules
 
     base = dict(policy or {})
     engines: dict[str, Any] = {}
+    if loaded is not None:
+        engines[json.dumps(base, sort_keys=True)] = loaded
 
     def factory(overrides: Mapping[str, Any]) -> Any:
         merged = {**base, **overrides}
@@ -175,10 +186,17 @@ def engine_factory(
 class _Run:
     """Evaluates one scenario on demand (cached per time point and policy) and compares."""
 
-    def __init__(self, sc: Scenario, factory: EngineFactory, policy: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        sc: Scenario,
+        factory: EngineFactory,
+        policy: Mapping[str, Any],
+        observe: Observer | None = None,
+    ) -> None:
         self.sc = sc
         self.factory = factory
         self.policy = dict(policy)
+        self.observe = observe
         self.engine = factory(self.policy)
         self._cache: dict[str | None, dict[str, Any]] = {}
         self.result = ScenarioResult(sc)
@@ -196,9 +214,11 @@ class _Run:
                 limit = parse_time(as_of)[1]
                 facts = [f for f in self.sc.facts if _time_of(f) <= limit]
             evaluation = self.engine.evaluate(facts, as_of=as_of)
+            if self.observe is not None:
+                self.observe(self.sc, self.policy, t, evaluation)
             # a scenario may check any finding, public or working state
-            evaluation["findings"] = {**evaluation["working"], **evaluation["findings"]}
-            self._cache[t] = evaluation
+            findings = {**evaluation["working"], **evaluation["findings"]}
+            self._cache[t] = {**evaluation, "findings": findings}
         return self._cache[t]
 
     def time_points(self) -> list[str | None]:
@@ -493,7 +513,7 @@ def _check_alternatives(run: _Run, path: str, expected: Mapping[str, Mapping[str
                 f"{path}.{label}", None, block, None, False, f"no policy parameter offers {label!r}"
             )
             continue
-        alt = _Run(run.sc, run.factory, {**run.policy, **override})
+        alt = _Run(run.sc, run.factory, {**run.policy, **override}, run.observe)
         if block and all(isinstance(k, str) and _RELATIVE.match(k) for k in block):
             block = {"tocilizumab_decisions": [{"t": t, **v} for t, v in block.items()]}
         alt.check_block(block, prefix=f"{path}.{label}.")
@@ -587,10 +607,13 @@ _NESTED: dict[str, Nested] = {
 }
 
 
-def run_scenario(sc: Scenario, factory: EngineFactory) -> ScenarioResult:
-    """Evaluate one scenario and compare every expected value with what came out."""
+def run_scenario(
+    sc: Scenario, factory: EngineFactory, observe: Observer | None = None
+) -> ScenarioResult:
+    """Evaluate one scenario and compare every expected value with what came out;
+    `observe` sees every evaluation made."""
     try:
-        run = _Run(sc, factory, sc.policy)
+        run = _Run(sc, factory, sc.policy, observe)
         run.check_block(sc.expected)
     except RuleSetError as exc:
         result = ScenarioResult(sc, error=f"rules: {exc}")

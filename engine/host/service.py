@@ -12,6 +12,8 @@
   answered after the commit), `GET /patients/{id}/facts`,
   `GET /patients/{id}/evaluation[?as_of=T]`, `POST /evaluate`;
 - `GET /rules/{rule_id}`: a rule's provenance (the cards' `source.url`; public);
+- `GET /admin/rules`, `POST /admin/rules/reload`: the rules in service, and a hot reload
+  (engine.host.admin, engine.host.reload; an admin key, or SIGHUP);
 - `?record=true` on the two evaluation routes: the evaluation is appended to the decision
   log (`engine.host.audit`) and its id returned (`decision_id`, `X-Decision-Id`);
 - `GET /openapi.json`, `/docs`.
@@ -63,10 +65,12 @@ from engine.explain.cards import (
     offered_suggestions,
 )
 from engine.explain.cards import draft_orders as parse_draft_orders
+from engine.host.admin import add_admin_routes
 from engine.host.audit import AuditError, DecisionLog
 from engine.host.auth import MAX_LIFETIME_S, AuthError, Client, KeySet, Verifier
 from engine.host.fhirfetch import fetch_missing, server_allowed
 from engine.host.inputs import as_facts
+from engine.host.reload import Generation, RuleHolder, install_sighup
 from engine.host.store import (
     AppendResult,
     FactStore,
@@ -75,6 +79,7 @@ from engine.host.store import (
     StoredFact,
     StoreError,
 )
+from engine.language.ruleset import Scalar
 from engine.runtime.api import Engine
 from engine.runtime.facts import Fact, Rejection, Retraction, normalise, parse_time
 from engine.runtime.jsontext import dumps
@@ -125,6 +130,10 @@ class Settings:
     cache_size: int = 128  # evaluations kept (0: none)
     live_sessions: int = 16  # patients with a live matcher session (0: rebuild every time)
     max_sessions: int = 4  # evaluations (durable-rules sessions) at once
+    rules: str | None = None  # the rules directory in service (None: the bundled rules)
+    policy: Mapping[str, Scalar] = field(default_factory=dict)  # overrides, kept on reload
+    admin_jwks: str | None = None  # the admin keys (engine.host.admin); None: no admin calls
+    admin_issuers: tuple[str, ...] = ()  # default: `issuers`
 
 
 # --------------------------------------------------------------------------- models
@@ -559,6 +568,17 @@ class Evaluator:
             self._live.clear()
         for entry in entries:
             _close(entry)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What the service builds over one engine (engine.host.reload.Generation.parts)."""
+
+    evaluator: Evaluator
+    maker: CardMaker
+
+    def close(self) -> None:
+        self.evaluator.close()
 
 
 def _close(entry: _Live) -> None:
@@ -1035,10 +1055,18 @@ def _template(scope: Mapping[str, Any]) -> str:
 def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
     """The ASGI application over one compiled rule set and one store."""
     base_url = settings.base_url.rstrip("/")
-    evaluator = Evaluator(
-        engine, store, settings.cache_size, settings.max_sessions, settings.live_sessions
-    )
-    maker = CardMaker(engine, base_url)
+
+    def build(engine: Engine) -> _Parts:
+        return _Parts(
+            Evaluator(
+                engine, store, settings.cache_size, settings.max_sessions, settings.live_sessions
+            ),
+            CardMaker(engine, base_url),
+        )
+
+    # the rules in service, swapped by a reload; each request pins the generation it began on
+    rules = RuleHolder(engine, build, settings.rules, dict(settings.policy))
+    Live = Annotated[Generation, Depends(rules.pin)]
     decisions = DecisionLog(store) if isinstance(store, SqlStore) else None
     verifier: Verifier | None = None
     if not settings.insecure_dev:
@@ -1061,8 +1089,10 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
                 "patient data; every response carries X-Insecure-Dev: true. Never use it "
                 "with real patients."
             )
+        remove_sighup = install_sighup(rules)
         yield
-        evaluator.close()
+        remove_sighup()
+        rules.close()
         store.close()
 
     app = FastAPI(
@@ -1164,8 +1194,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         responses=_errors(400, 401, 412, 413, 422, 503),
         tags=["CDS Hooks"],
     )
-    def patient_view(request: PatientViewRequest, _caller: Caller) -> CdsResponse:
+    def patient_view(request: PatientViewRequest, _caller: Caller, live: Live) -> CdsResponse:
         """The patient's grades, eligibility and recommendations as cards."""
+        engine, evaluator, maker = live.engine, live.parts.evaluator, live.parts.maker
         patient = request.context.patientId
         data = gather(request, PATIENT_VIEW)
         evaluation, stored = evaluator.current(patient, extra=data.facts)
@@ -1209,8 +1240,10 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         service: str,
         request: OrderSignRequest | OrderSelectRequest,
         selections: Sequence[str] | None,
+        live: Generation,
     ) -> CdsResponse:
         patient, bundle = request.context.patientId, request.context.draftOrders
+        engine, evaluator, maker = live.engine, live.parts.evaluator, live.parts.maker
         try:
             orders = parse_draft_orders(bundle, patient, _server_now, selections)
         except OrderError as exc:
@@ -1245,9 +1278,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         responses=_errors(400, 401, 412, 413, 422, 503),
         tags=["CDS Hooks"],
     )
-    def order_select(request: OrderSelectRequest, _caller: Caller) -> CdsResponse:
+    def order_select(request: OrderSelectRequest, _caller: Caller, live: Live) -> CdsResponse:
         """The dose guard's decision on each selected tocilizumab order."""
-        return order_hook(ORDER_SELECT, request, request.context.selections)
+        return order_hook(ORDER_SELECT, request, request.context.selections, live)
 
     @app.post(
         f"/cds-services/{ORDER_SIGN}",
@@ -1256,9 +1289,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         responses=_errors(400, 401, 412, 413, 422, 503),
         tags=["CDS Hooks"],
     )
-    def order_sign(request: OrderSignRequest, _caller: Caller) -> CdsResponse:
+    def order_sign(request: OrderSignRequest, _caller: Caller, live: Live) -> CdsResponse:
         """The dose guard's decision on each tocilizumab order about to be signed."""
-        return order_hook(ORDER_SIGN, request, None)
+        return order_hook(ORDER_SIGN, request, None, live)
 
     @app.post(
         "/cds-services/{service_id}/feedback",
@@ -1380,14 +1413,18 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
     ]
 
     def recorded(
-        evaluation: dict[str, Any], facts: Sequence[object], as_of: str | None, patient: str | None
+        evaluation: dict[str, Any],
+        facts: Sequence[object],
+        as_of: str | None,
+        patient: str | None,
+        live: Generation,
     ) -> Response:
         """The evaluation, appended to the decision log: its id in the body and a header."""
         if decisions is None:
             raise ApiError(503, "this store keeps no decision log")
         try:
             decision = decisions.append(
-                engine.ruleset, facts, evaluation, as_of=as_of, patient=patient
+                live.engine.ruleset, facts, evaluation, as_of=as_of, patient=patient
             )
         except AuditError as exc:
             raise ApiError(503, f"decision log: {exc}") from exc
@@ -1412,10 +1449,15 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         tags=["Facts"],
     )
     def patient_evaluation(
-        patient_id: PatientId, _caller: Caller, as_of: AsOf = None, record: Record = False
+        patient_id: PatientId,
+        _caller: Caller,
+        live: Live,
+        as_of: AsOf = None,
+        record: Record = False,
     ) -> Any:
         """The patient's current evaluation (findings, recommendations, trace) from the
         stored facts, as of `as_of`; with `record=true`, appended to the decision log."""
+        evaluator = live.parts.evaluator
         when = check_as_of(as_of)
         if record:  # no cache: the facts recorded are the facts evaluated
             until = parse_time(when)[1] if when is not None else None
@@ -1423,7 +1465,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
             if not facts and store.revision(patient_id).count == 0:
                 raise ApiError(404, "no facts stored for this patient")
             evaluation = evaluator.run(facts, as_of=when, patient=patient_id)
-            return recorded(evaluation, facts, when, patient_id)
+            return recorded(evaluation, facts, when, patient_id, live)
         evaluation, stored = evaluator.rebuild(patient_id, as_of=when)
         if stored == 0 and store.revision(patient_id).count == 0:
             raise ApiError(404, "no facts stored for this patient")
@@ -1437,7 +1479,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         tags=["Facts"],
     )
     async def evaluate(
-        request: Request, _caller: Caller, as_of: AsOf = None, record: Record = False
+        request: Request, _caller: Caller, live: Live, as_of: AsOf = None, record: Record = False
     ) -> Any:
         """Evaluate one patient's facts without storing them. Facts the engine cannot use are
         listed in `input_problems` and make the evaluation `incomplete` (never a refusal).
@@ -1446,10 +1488,10 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         given = await _read_body_items(request, settings.limits)
         raws, unmapped = _mapped(given)
         evaluation = await _in_thread(
-            evaluator.run, raws, as_of=when, patient=None, problems=unmapped
+            live.parts.evaluator.run, raws, as_of=when, patient=None, problems=unmapped
         )
         if record:  # a Bundle is recorded as given: a replay maps it again
-            return await _in_thread(recorded, evaluation, given, when, None)
+            return await _in_thread(recorded, evaluation, given, when, None, live)
         return _json(evaluation)
 
     @app.get(
@@ -1458,9 +1500,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         responses=_errors(404, 422),
         tags=["Rules"],
     )
-    def rule_info(rule_id: Annotated[str, Path(max_length=200)]) -> RuleInfo:
+    def rule_info(rule_id: Annotated[str, Path(max_length=200)], live: Live) -> RuleInfo:
         """A rule's provenance: the page a card's `source.url` points to."""
-        rule = maker.rule(rule_id)
+        engine, rule = live.engine, live.parts.maker.rule(rule_id)
         if rule is None:
             raise ApiError(404, f"no rule {rule_id!r} in rule set {engine.ruleset.name!r}")
         rs = engine.ruleset
@@ -1476,6 +1518,7 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
             ruleset=RulesetInfo(name=rs.name, version=rs.version, digest=rs.digest),
         )
 
+    add_admin_routes(app, rules, settings, base_url)
     _add_fact_schemas(app)
     return _wrap(app, settings)
 
@@ -1583,6 +1626,10 @@ def run_cli(
     live_sessions: int = 16,
     max_token_lifetime: float = MAX_LIFETIME_S,
     fhir_servers: Sequence[str] = (),
+    rules: str | None = None,
+    policy: Mapping[str, Scalar] | None = None,
+    admin_jwks: str | None = None,
+    admin_issuers: Sequence[str] = (),
 ) -> int:
     """`cart-cds serve`: returns the exit code (2: bad options, store or keys)."""
     import click
@@ -1612,6 +1659,10 @@ def run_cli(
         live_sessions=live_sessions,
         max_token_lifetime=max_token_lifetime,
         fhir_servers=tuple(fhir_servers),
+        rules=rules,
+        policy=dict(policy or {}),
+        admin_jwks=admin_jwks,
+        admin_issuers=tuple(admin_issuers),
     )
     try:
         store = open_store(store_target)
