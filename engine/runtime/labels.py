@@ -3,11 +3,12 @@
 Inside a session every fact has an id: the sender's, or one the engine makes (a content
 hash for a fact sent without an id, `f-...`; a hash for each concluded finding, `d-...`,
 each combined finding, `a-...`, and each aggregate's value, `g-...`). The hashes stay
-inside: an evaluation names a concluded finding by its name and its number in the order
-the session concluded it (`crs_onset#1`, `icaht_up#3`), and a fact sent without an id by
-what it is and when (`temperature at 2025-06-05T14:00:00Z`; a second different fact with
-the same name and time gets ` #2`). The names are given in the order the session meets the
-ids, so the same facts in the same order give the same names (replay, timelines).
+inside: an evaluation names a concluded finding by its name and its time
+(`crs_onset at 2025-05-06T08:00:00Z`), and a fact sent without an id by what it is and when
+(`body_temperature at 2025-06-05T14:00:00Z`). Two different ids that would read the same
+are told apart by the order of their internal ids, which depend on content only: the
+first keeps the name, the others get ` #2`, ` #3`, ... So a name never depends on the order
+the facts arrived in (a session fed in any order names things as the batch does).
 
 `readable` applies the names to a part of an evaluation, and writes the times the rules
 keep as epoch seconds (fields named `*_t`) as ISO 8601 times: no output has an epoch
@@ -16,8 +17,8 @@ number or an engine-made id.
 
 from __future__ import annotations
 
+import bisect
 import re
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,36 +35,32 @@ def base_id(stored: str) -> str:
 
 
 class Labels:
-    """The readable name of each id the engine made, given once, in the order met."""
+    """The readable name of each id the engine made (see the module's docstring)."""
 
     def __init__(self) -> None:
-        self._name: dict[str, str] = {}
-        self._used: Counter[str] = Counter()
+        self._wanted: dict[str, str] = {}  # internal id -> the name it reads as
+        self._groups: dict[str, list[str]] = {}  # name -> the internal ids, sorted
 
     def __len__(self) -> int:
-        return len(self._name)
+        return len(self._wanted)
 
-    def _give(self, internal: str, wanted: str, *, numbered: bool) -> str:
+    def _give(self, internal: str, wanted: str) -> str:
         key = base_id(internal)
-        known = self._name.get(key)
-        if known is not None:
-            return known
-        self._used[wanted] += 1
-        n = self._used[wanted]
-        name = f"{wanted}#{n}" if numbered else wanted if n == 1 else f"{wanted} #{n}"
-        self._name[key] = name
-        return name
+        if key not in self._wanted:
+            self._wanted[key] = wanted
+            bisect.insort(self._groups.setdefault(wanted, []), key)
+        return self.name(key)
 
-    def concluded(self, internal: str, finding: str) -> str:
-        """A concluded, combined or computed finding: `name#n`."""
-        return self._give(internal, finding, numbered=True)
+    def concluded(self, internal: str, finding: str, time: object) -> str:
+        """A concluded, combined or computed finding: its name and time."""
+        return self._give(internal, f"{finding} at {time}" if time else finding)
 
     def anonymous(self, internal: str, raw: Mapping[str, Any]) -> str:
         """A fact sent without an id: what it is and when."""
         what = raw.get("name") or raw.get("code") or raw.get("drug") or raw.get("type") or "fact"
         when = raw.get("time")
         wanted = f"{what} at {when}" if isinstance(when, str) and when else str(what)
-        return self._give(internal, " ".join(str(wanted).split())[:120], numbered=False)
+        return self._give(internal, " ".join(str(wanted).split())[:120])
 
     def name_input(self, item: object) -> str | None:
         """The name of a read fact (a `Fact` or a `Rejection`) if the engine made its id."""
@@ -85,13 +82,19 @@ class Labels:
 
     def name(self, ident: str) -> str:
         """The readable name of `ident` (itself if the engine did not make it)."""
-        return self._name.get(base_id(ident), ident)
+        key = base_id(ident)
+        wanted = self._wanted.get(key)
+        if wanted is None:
+            return ident
+        group = self._groups[wanted]
+        rank = group.index(key) if len(group) > 1 else 0
+        return wanted if rank == 0 else f"{wanted} #{rank + 1}"
 
     def text(self, text: str) -> str:
         """`text` with every id the engine made replaced by its name."""
-        if "-" not in text:
+        if "-" not in text or not self._wanted:
             return text
-        return INTERNAL_ID.sub(lambda m: self._name.get(m.group(1), m.group(0)), text)
+        return INTERNAL_ID.sub(lambda m: self.name(m.group(0)), text)
 
     def relabel(self, value: Any) -> Any:
         """A JSON value with every engine-made id in its strings replaced by its name."""

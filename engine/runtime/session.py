@@ -472,7 +472,9 @@ class Session:
         live.did = stored
         self._live[stored] = live
         if live.origin in ("derived", "aggregate", "computed"):
-            self.labels.concluded(stored, str(live.content[FINDING_FIELD]))
+            self.labels.concluded(
+                stored, str(live.content[FINDING_FIELD]), live.content.get("time")
+            )
         if self._aggs and FINDING_FIELD in live.content:
             content = live.content
             self._aggs.added("finding", content[FINDING_FIELD], stored, content["t"], content)
