@@ -127,41 +127,63 @@ class _Context:
 Reader = Callable[[YamlDoc, _Context], Iterator[Entry]]
 
 
-def _rules(doc: YamlDoc, ctx: _Context) -> Iterator[Entry]:
+def _entry(
+    kind: str,
+    entry_id: str,
+    raw: Mapping[str, Any],
+    doc: YamlDoc,
+    pointer: str,
+    then: tuple[Mapping[str, Any], ...],
+    logic: Mapping[str, Any],
+    ctx: _Context,
+    parts: tuple[Part, ...] = (),
+) -> Entry:
+    """An entry of any kind from its YAML as written: provenance, condition, conclusions."""
     data: Mapping[str, Any] = doc.data if isinstance(doc.data, Mapping) else {}
-    phase = str(data.get("phase", ""))
-    for index, raw in enumerate(data.get("rules") or []):
+    compiled = [p.id for p in parts] or [entry_id]  # a table runs as its rows
+    return Entry(
+        kind=kind,
+        id=entry_id,
+        version=raw.get("version"),
+        title=str(raw.get("title", "")),
+        status=str(raw.get("status", "active" if kind == CONCEPT else "")),
+        phase=str(data.get("phase", "")),
+        file=doc.filename,
+        line=doc.locate(pointer)[0],
+        sources=tuple(raw.get("sources") or ()),
+        evidence=str(raw.get("evidence", "")),
+        conflicts=tuple(raw.get("conflicts") or ()),
+        explanation=" ".join(str(raw.get("explanation", "")).split()),
+        when=raw.get("when"),
+        then=then,
+        logic=_normal(logic),
+        documentation={k: raw.get(k) for k in _DOCUMENTATION if k in raw},
+        runs=any(i in ctx.running for i in compiled),
+        note=next((ctx.skipped[i] for i in compiled if i in ctx.skipped), None),
+        concludes=_unique(c["finding"] for c in then if "finding" in c),
+        recommends=_unique(c["recommend"] for c in then if "recommend" in c),
+        reads=_reads(raw.get("when"), then),
+        parts=parts,
+    )
+
+
+def _blocks(doc: YamlDoc, key: str) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    data: Mapping[str, Any] = doc.data if isinstance(doc.data, Mapping) else {}
+    for index, raw in enumerate(data.get(key) or []):
+        if isinstance(raw, Mapping):
+            yield index, raw
+
+
+def _rules(doc: YamlDoc, ctx: _Context) -> Iterator[Entry]:
+    for index, raw in _blocks(doc, "rules"):
         then = tuple(raw.get("then") or ())
-        yield Entry(
-            kind=RULE,
-            id=str(raw["id"]),
-            version=raw.get("version"),
-            title=str(raw.get("title", "")),
-            status=str(raw.get("status", "")),
-            phase=phase,
-            file=doc.filename,
-            line=doc.locate(f"/rules/{index}")[0],
-            sources=tuple(raw.get("sources") or ()),
-            evidence=str(raw.get("evidence", "")),
-            conflicts=tuple(raw.get("conflicts") or ()),
-            explanation=" ".join(str(raw.get("explanation", "")).split()),
-            when=raw.get("when"),
-            then=then,
-            logic=_normal(
-                {
-                    "status": raw.get("status"),
-                    "priority": raw.get("priority", 500),
-                    "when": raw.get("when"),
-                    "then": list(then),
-                }
-            ),
-            documentation={k: raw.get(k) for k in _DOCUMENTATION if k in raw},
-            runs=raw["id"] in ctx.running,
-            note=ctx.skipped.get(raw["id"]),
-            concludes=_unique(c["finding"] for c in then if "finding" in c),
-            recommends=_unique(c["recommend"] for c in then if "recommend" in c),
-            reads=_reads(raw.get("when"), then),
-        )
+        logic = {
+            "status": raw.get("status"),
+            "priority": raw.get("priority", 500),
+            "when": raw.get("when"),
+            "then": list(then),
+        }
+        yield _entry(RULE, str(raw["id"]), raw, doc, f"/rules/{index}", then, logic, ctx)
 
 
 _DOCUMENTATION = ("title", "explanation", "sources", "evidence", "conflicts")
@@ -170,42 +192,17 @@ _DOCUMENTATION = ("title", "explanation", "sources", "evidence", "conflicts")
 def _concepts(doc: YamlDoc, ctx: _Context) -> Iterator[Entry]:
     """The named conditions of a rules file (`concepts:`), as entries `concept.NAME`."""
     data: Mapping[str, Any] = doc.data if isinstance(doc.data, Mapping) else {}
-    phase = str(data.get("phase", ""))
     for name, raw in (data.get("concepts") or {}).items():
         if not isinstance(raw, Mapping):
             continue
         then = ({"set": raw["set"]},) if isinstance(raw.get("set"), Mapping) else ()
-        entry_id = f"concept.{name}"
-        yield Entry(
-            kind=CONCEPT,
-            id=entry_id,
-            version=raw.get("version"),
-            title=str(raw.get("title", "")),
-            status=str(raw.get("status", "active")),
-            phase=phase,
-            file=doc.filename,
-            line=doc.locate(f"/concepts/{name}")[0],
-            sources=tuple(raw.get("sources") or ()),
-            evidence=str(raw.get("evidence", "")),
-            conflicts=tuple(raw.get("conflicts") or ()),
-            explanation=" ".join(str(raw.get("explanation", "")).split()),
-            when=raw.get("when"),
-            then=then,
-            logic=_normal({"when": raw.get("when"), "set": raw.get("set")}),
-            documentation={k: raw.get(k) for k in _DOCUMENTATION if k in raw},
-            runs=entry_id in ctx.running,
-            note=ctx.skipped.get(entry_id),
-            reads=_reads(raw.get("when"), then),
-        )
+        logic = {"when": raw.get("when"), "set": raw.get("set")}
+        yield _entry(CONCEPT, f"concept.{name}", raw, doc, f"/concepts/{name}", then, logic, ctx)
 
 
 def _tables(doc: YamlDoc, ctx: _Context) -> Iterator[Entry]:
     """The decision tables of a rules file (`tables:`), each with its rows as parts."""
-    data: Mapping[str, Any] = doc.data if isinstance(doc.data, Mapping) else {}
-    phase = str(data.get("phase", ""))
-    for index, raw in enumerate(data.get("tables") or []):
-        if not isinstance(raw, Mapping):
-            continue
+    for index, raw in _blocks(doc, "tables"):
         then = tuple(raw.get("then") or ())
         rows = [r for r in raw.get("rows") or [] if isinstance(r, Mapping)]
         table_id = str(raw["id"])
@@ -213,40 +210,16 @@ def _tables(doc: YamlDoc, ctx: _Context) -> Iterator[Entry]:
             Part(f"{table_id}.row{n}", _row_title(row), row.get("when"))
             for n, row in enumerate(rows, start=1)
         )
-        yield Entry(
-            kind=TABLE,
-            id=table_id,
-            version=raw.get("version"),
-            title=str(raw.get("title", "")),
-            status=str(raw.get("status", "")),
-            phase=phase,
-            file=doc.filename,
-            line=doc.locate(f"/tables/{index}")[0],
-            sources=tuple(raw.get("sources") or ()),
-            evidence=str(raw.get("evidence", "")),
-            conflicts=tuple(raw.get("conflicts") or ()),
-            explanation=" ".join(str(raw.get("explanation", "")).split()),
-            when=raw.get("when"),
-            then=then,
-            logic=_normal(
-                {
-                    "status": raw.get("status"),
-                    "hit": raw.get("hit"),
-                    "complete": raw.get("complete"),
-                    "when": raw.get("when"),
-                    "inputs": raw.get("inputs"),
-                    "rows": rows,
-                    "then": list(then),
-                }
-            ),
-            documentation={k: raw.get(k) for k in _DOCUMENTATION if k in raw},
-            runs=any(part.id in ctx.running for part in parts),
-            note=next((ctx.skipped[p.id] for p in parts if p.id in ctx.skipped), None),
-            concludes=_unique(c["finding"] for c in then if "finding" in c),
-            recommends=_unique(c["recommend"] for c in then if "recommend" in c),
-            reads=_reads(raw.get("when"), then),
-            parts=parts,
-        )
+        logic = {
+            "status": raw.get("status"),
+            "hit": raw.get("hit"),
+            "complete": raw.get("complete"),
+            "when": raw.get("when"),
+            "inputs": raw.get("inputs"),
+            "rows": rows,
+            "then": list(then),
+        }
+        yield _entry(TABLE, table_id, raw, doc, f"/tables/{index}", then, logic, ctx, parts)
 
 
 def _row_title(row: Mapping[str, Any]) -> str:
