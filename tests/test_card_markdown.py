@@ -6,7 +6,9 @@ hold no element, attribute or link the payload asked for."""
 
 from __future__ import annotations
 
+import html
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -139,3 +141,29 @@ def test_a_draft_order_reference_is_escaped_in_the_order_card_notes(cds: engine.
     notes = "\n\n".join(maker._order_notes(orders[0]))
     assert_inert(notes)
     assert "onerror" in notes  # quoted, not dropped
+
+
+# Payloads that set a flag instead of opening a dialog, for the real browser.
+BROWSER_PAYLOADS = [p.replace("alert(1)", "window.__xss=1") for p in PAYLOADS]
+
+
+def test_card_markdown_with_payloads_runs_nothing_in_a_real_browser(
+    cds: engine.Engine, browser: Any, tmp_path: Path
+) -> None:
+    """The cards' markdown rendered as a careless EHR would (CommonMark, raw HTML on, no
+    Content-Security-Policy) and opened in headless Chromium: no payload runs, and no
+    element or link a payload asked for is in the page."""
+    cards = [c for start in range(0, len(BROWSER_PAYLOADS), 7)
+             for c in _cards(cds, BROWSER_PAYLOADS[start : start + 7])]  # fmt: skip
+    render = MarkdownIt("commonmark", {"html": True, "linkify": False}).render
+    body = "\n<hr>\n".join(
+        f"<h2>{html.escape(c.summary)}</h2>\n{render(c.detail or '')}" for c in cards
+    )
+    page = tmp_path / "cards.html"
+    page.write_text(f"<!doctype html><meta charset=utf-8><body>{body}</body>", encoding="utf-8")
+    browser.get(page.as_uri())
+    assert browser.execute_script("return window.__xss === undefined")
+    hostile = "img, script, iframe, svg, style, details, object, embed, a[href^='javascript']"
+    assert browser.execute_script(f'return document.querySelectorAll("{hostile}").length') == 0
+    text = browser.execute_script("return document.body.innerText")
+    assert "window.__xss=1" in text  # shown as text, not dropped
