@@ -251,8 +251,6 @@ def _drug(resource: Mapping[str, Any]) -> str | None:
     for coding in concept.get("coding") or []:
         if not isinstance(coding, Mapping):
             continue
-        if coding.get("system") == RXNORM and coding.get("code") == TOCILIZUMAB_RXCUI:
-            return "tocilizumab"
         if coding.get("system") == RXNORM and isinstance(coding.get("code"), str):
             known = drugs.by_code.get(("rxnorm", coding["code"]))
             if known is not None:
@@ -430,10 +428,9 @@ class CardMaker:
         if evaluation.get("status") == "incomplete":
             severities.add("critical")
         indicator: Indicator = next((i for i in ("critical", "warning") if i in severities), "info")
-        body = [f"- **{md_text(line.phase)}**: {md_text(line.text)}" for line in lines]
-        missing = missing_data(evaluation)
-        if missing:
-            body.append(
+        parts = ["\n".join(f"- **{md_text(line.phase)}**: {md_text(line.text)}" for line in lines)]
+        if missing := missing_data(evaluation):
+            parts.append(
                 "\n".join(
                     ["Missing data:"]
                     + [f"- {md_text(name)}: {md_text(', '.join(facts))}" for name, facts in missing]
@@ -443,9 +440,7 @@ class CardMaker:
         card = Card(
             uuid=self._uuid("summary", "cart-cds.summary", 1, "SUMMARY", keys),
             summary=_summary(headline(evaluation)),
-            detail="\n".join(body[: len(lines)]) + ("\n\n" + body[-1] if missing else "")
-            if lines
-            else "No decision yet.",
+            detail="\n\n".join(parts) if lines else "No decision yet.",
             indicator=indicator,
             source=Source(
                 label="cart-cds summary",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import plotly.graph_objects as go  # type: ignore[import-untyped]
 from plotly.subplots import make_subplots  # type: ignore[import-untyped]
 
+from engine.explain._html import e as _e
 from engine.explain.explanation import (
     Explanation,
     Node,
@@ -128,8 +129,6 @@ def timeline_as_of(
     last = parse_time(steps[-1]["as_of"])[1] if steps and steps[-1]["as_of"] else None
     if last is None or limit > last:
         with engine.session() as session:
-            for item in (*accepted, *rejected):  # named as the timeline names them
-                session.name_input(item)
             for fact in sorted((f for f in accepted if f.t <= limit), key=lambda f: (f.t, f.id)):
                 session.add(fact)
             start = len(session.trace)
@@ -423,10 +422,6 @@ def timeline_figure(
 
 
 # -- the page --------------------------------------------------------------------------------
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _rule_link(info: RuleInfo) -> str:

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.language.contract import PublicFinding, public_findings
+from engine.runtime.times import parse_time
 
-_ISO = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?$")
 _FIELD = re.compile(r"\{([A-Za-z0-9_.]+)(\|words)?\}")
 
 # Kept in capitals when a code is read as words.
@@ -116,13 +116,10 @@ def day_label(value: str, day_zero: str | None) -> str:
 
 
 def _parse(value: str) -> datetime | None:
-    if not _ISO.match(value):
-        return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        return datetime.fromtimestamp(parse_time(value)[1], tz=UTC)
+    except (ValueError, OverflowError, OSError):
         return None
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def words(code: str) -> str:

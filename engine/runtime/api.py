@@ -238,7 +238,7 @@ class _Read:
     retractions: tuple[Retraction, ...]
     rejections: tuple[Rejection, ...]
     replaced: tuple[InputProblem, ...]  # earlier versions, said once each
-    inputs: tuple[Normalised, ...]  # everything, in input order
+    inputs: tuple[Normalised, ...]  # everything read
 
     @staticmethod
     def of(raws: Iterable[object], future: float | None = None) -> _Read:
@@ -279,9 +279,10 @@ class _Read:
         )
 
     def name(self, session: Session) -> None:
-        """Name the facts sent without an id in input order (engine.runtime.labels)."""
+        """Name every fact sent without an id (engine.runtime.labels), also those the
+        session is never given (after `as_of`, refused): the evaluation still lists them."""
         for item in self.inputs:
-            session.name_input(item)
+            session.labels.name_input(item)
 
     def replay(self, session: Session, *, fixed: float | None = None) -> list[str]:
         """Everything into a session: what cannot be used first, then retractions, then the

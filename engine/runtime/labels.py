@@ -41,9 +41,6 @@ class Labels:
         self._wanted: dict[str, str] = {}  # internal id -> the name it reads as
         self._groups: dict[str, list[str]] = {}  # name -> the internal ids, sorted
 
-    def __len__(self) -> int:
-        return len(self._wanted)
-
     def _give(self, internal: str, wanted: str) -> str:
         key = base_id(internal)
         if key not in self._wanted:
@@ -95,10 +92,6 @@ class Labels:
         if "-" not in text or not self._wanted:
             return text
         return INTERNAL_ID.sub(lambda m: self.name(m.group(0)), text)
-
-    def relabel(self, value: Any) -> Any:
-        """A JSON value with every engine-made id in its strings replaced by its name."""
-        return readable(value, self)
 
 
 def readable(value: Any, labels: Labels) -> Any:

@@ -137,6 +137,8 @@ class Session:
         self._m = matcher_ or matcher()
         self._rs = compiled.name
         self._policy = compiled.ruleset.policy()
+        hours = self._policy.get("future_fact_tolerance", 24)  # 24 h where a rule set is silent
+        self._future_tolerance_s = float(hours if isinstance(hours, int | float) else 24) * 3600
         self._facts: dict[str, Fact] = {}  # the used version of each fact id
         self._received = 0
         self._problems: list[InputProblem] = []
@@ -199,7 +201,7 @@ class Session:
         idx = self._received if index is None else index
         self._received += 1
         item = raw if isinstance(raw, Fact | Retraction | Rejection) else normalise(raw, idx)
-        self.name_input(item)
+        self.labels.name_input(item)
         if isinstance(item, Rejection):
             self._reject(item)
         elif isinstance(item, Retraction):
@@ -208,16 +210,10 @@ class Session:
             self._admit(item)
         return item
 
-    def name_input(self, item: object) -> None:
-        """Give a fact sent without an id (the engine made its id) a readable name, once;
-        the evaluation names it so (engine.runtime.labels)."""
-        self.labels.name_input(item)
-
     def future_limit(self) -> float:
         """The latest fact time that can be real: the wall clock plus the policy's
-        `future_fact_tolerance` (hours; 24 where a rule set does not set it)."""
-        hours = self._policy.get("future_fact_tolerance", 24)
-        return self._wall() + float(hours if isinstance(hours, int | float) else 24) * 3600
+        `future_fact_tolerance`."""
+        return self._wall() + self._future_tolerance_s
 
     def add_all(self, raws: Iterable[object]) -> None:
         for i, raw in enumerate(raws):
@@ -281,9 +277,11 @@ class Session:
             if fact.id not in self._after:
                 self._after.append(fact.id)
             return
-        if not self._fixed_clock and fact.t > self.future_limit():
-            self._reject(future_time(fact, self.future_limit(), self._received - 1))
-            return
+        if not self._fixed_clock:
+            limit = self.future_limit()
+            if fact.t > limit:
+                self._reject(future_time(fact, limit, self._received - 1))
+                return
         for problem in fact.problems:
             self._problem(problem)
 
