@@ -360,6 +360,29 @@ def test_a_decision_replays_identically_under_its_recorded_rules_after_the_files
     assert replay.replayed["ruleset"]["digest"] == decision.ruleset["digest"]
 
 
+def test_the_reception_time_is_recorded_and_a_replay_judges_fact_times_as_the_decision_did(
+    log: DecisionLog,
+) -> None:
+    """A fact timed a day and more after the reception time is IMPLAUSIBLE_TIME. The
+    reception time is an input kept in the record, so a replay made at any later date (when
+    the fact is no longer in the future) still refuses it, and is identical."""
+    facts = json.loads(EXAMPLE.read_text())
+    ahead = {"id": "ahead", "type": "observation", "code": "8310-5", "value": 39.0,
+             "unit": "Cel", "time": "2025-06-03T00:00:00Z"}  # fmt: skip
+    decision, evaluation = log.record(
+        engine.load_rules(None), [*facts, ahead], received_at="2025-06-01T00:00:00.000000Z"
+    )
+    assert decision.received_at == "2025-06-01T00:00:00.000000Z"
+    assert [(p["fact"], p["code"]) for p in evaluation["input_problems"]] == [
+        ("ahead", "IMPLAUSIBLE_TIME")
+    ]
+    replay = log.replay(decision.id)
+    assert replay.identical, replay.text()
+    live, _ = log.record(engine.load_rules(None), [*facts, ahead])  # received now: in the past
+    assert live.received_at is not None and live.received_at > "2026"
+    assert not live.evaluation["input_problems"]
+
+
 def test_a_raised_fever_threshold_replayed_under_other_rules_reports_exactly_what_changed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -440,15 +440,29 @@ rules:
 def test_a_fact_far_in_the_future_is_implausible_and_does_not_move_the_clock() -> None:
     """A mistyped year (2052 for 2025) is IMPLAUSIBLE_TIME: not used, the clock stays at the
     latest real fact, the evaluation is incomplete; with an explicit as_of it is simply
-    after it. The wall clock is the engine's, here fixed."""
+    after it. The reception time is an input (the engine reads no clock): the same call
+    gives the same answer at any wall time, and without it no time is judged."""
     facts = json.loads((REPO / "examples" / "crs-patient.json").read_text(encoding="utf-8"))
     latest = max(parse_time(f["time"])[0] for f in facts)
     typo = {"id": "typo", "type": "observation", "code": "8310-5", "value": 36.5,
             "unit": "Cel", "time": "2052-05-07T10:00:00Z"}  # fmt: skip
-    wall = parse_time("2025-06-01T00:00:00Z")[1]
-    fixed = engine.Engine(engine.load_rules(None).compiled, wall=lambda: wall)
+    received = parse_time("2025-06-01T00:00:00Z")[1]
+    cds = engine.load_rules(None)
+
+    class Fixed:
+        """The engine with this reception time on every call."""
+
+        def evaluate(self, raws: list[object], **kw: Any) -> dict[str, Any]:
+            return cds.evaluate(raws, received_at=received, **kw)
+
+        def timeline(self, raws: list[object]) -> list[dict[str, Any]]:
+            return cds.timeline(raws, received_at=received)
+
+    fixed = Fixed()
     alone = fixed.evaluate(facts)
     result = fixed.evaluate([*facts, typo])
+    unbounded = cds.evaluate([*facts, typo])  # no reception time: the 2052 fact is not judged
+    assert unbounded["as_of"] == "2052-05-07T10:00:00Z" and not unbounded["input_problems"]
     assert result["as_of"] == alone["as_of"] == latest and result["status"] == "incomplete"
     (problem,) = result["input_problems"]
     assert (problem["fact"], problem["code"]) == ("typo", "IMPLAUSIBLE_TIME")

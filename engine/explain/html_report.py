@@ -115,13 +115,18 @@ def _sha256(text: str) -> str:
 
 
 def timeline_as_of(
-    engine: Engine, facts: Iterable[object], as_of: str | None = None
+    engine: Engine,
+    facts: Iterable[object],
+    as_of: str | None = None,
+    *,
+    received_at: float | None = None,
 ) -> list[dict[str, Any]]:
     """`Engine.timeline` over the facts up to `as_of`; when `as_of` is later than the last
-    fact, one more step with the clock moved to `as_of` (time windows may close)."""
+    fact, one more step with the clock moved to `as_of` (time windows may close).
+    `received_at`: as for `Engine.timeline` (without `as_of`)."""
     raws = list(facts)
     if as_of is None:
-        return engine.timeline(raws)
+        return engine.timeline(raws, received_at=received_at)
     limit = parse_time(as_of)[1]
     accepted, rejected = normalise_all(raws)
     kept = [f.raw for f in accepted if f.t <= limit] + [r.fact for r in rejected]

@@ -42,7 +42,7 @@ from engine.explain.report import (
     recommendation_lines,
     trace_lines,
 )
-from engine.host.inputs import evaluate_input
+from engine.host.inputs import evaluate_input, received_now
 from engine.host.store import SqlStore, StoreError, open_store
 from engine.language.ruleset import RuleSet, Scalar
 from engine.language.validate import RULE_SUFFIXES, digest_of_sources
@@ -149,6 +149,13 @@ class Decision:
         """The `as_of` asked for (None: the latest fact time)."""
         value = self.content.get("as_of")
         return None if value is None else str(value)
+
+    @property
+    def received_at(self) -> str | None:
+        """When the host received the facts (the evaluation's IMPLAUSIBLE_TIME bound);
+        None in records made before it was recorded."""
+        value = self.content.get("received_at")
+        return value if isinstance(value, str) else None
 
     @property
     def recorded_at(self) -> str:
@@ -310,13 +317,20 @@ class DecisionLog:
         *,
         as_of: str | None = None,
         patient: str | None = None,
+        received_at: str | None = None,
     ) -> tuple[Decision, dict[str, Any]]:
-        """Evaluate `facts` (a FHIR Bundle is mapped, engine.host.inputs) and append the
-        evaluation; returns the record and the evaluation. What is evaluated is exactly
-        what is stored (the facts as they read back from canonical JSON)."""
+        """Evaluate `facts` (a FHIR Bundle is mapped, engine.host.inputs) received at
+        `received_at` (default: now) and append the evaluation; returns the record and the
+        evaluation. What is evaluated is exactly what is stored (the facts as they read back
+        from canonical JSON, and the reception time)."""
         plain = _plain(list(facts), "the facts")
-        evaluation = evaluate_input(engine, plain, as_of=as_of, patient=patient)
-        decision = self.append(engine.ruleset, plain, evaluation, as_of=as_of, patient=patient)
+        received = received_at or received_now()
+        evaluation = evaluate_input(
+            engine, plain, as_of=as_of, patient=patient, received_at=received
+        )
+        decision = self.append(
+            engine.ruleset, plain, evaluation, as_of=as_of, patient=patient, received_at=received
+        )
         return decision, evaluation
 
     def append(
@@ -327,9 +341,11 @@ class DecisionLog:
         *,
         as_of: str | None = None,
         patient: str | None = None,
+        received_at: str | None = None,
     ) -> Decision:
         """Append an evaluation made by `ruleset` from `facts` (at `as_of`, for
-        `patient`, as passed to `Engine.evaluate`); returns after the commit. At most
+        `patient`, received at `received_at`, as passed to `Engine.evaluate`); returns
+        after the commit. At most
         `max_facts` facts (engine.runtime.reading.Limits), as for any facts body."""
         if len(facts) > DEFAULT_LIMITS.max_facts:
             raise AuditError(
@@ -342,6 +358,7 @@ class DecisionLog:
             "recorded_at": _now(),
             "patient": patient,
             "as_of": as_of,
+            "received_at": received_at,
             "facts": _plain(list(facts), "the facts"),
             "ruleset": {
                 "name": ruleset.name,
@@ -599,7 +616,13 @@ class DecisionLog:
         decision = ref if isinstance(ref, Decision) else self.get(ref)
         engine = self.engine_for(decision, rules)
         evaluation = _plain(
-            evaluate_input(engine, decision.facts, as_of=decision.as_of, patient=decision.patient),
+            evaluate_input(
+                engine,
+                decision.facts,
+                as_of=decision.as_of,
+                patient=decision.patient,
+                received_at=decision.received_at,
+            ),
             "the replayed evaluation",
         )
         return Replay(

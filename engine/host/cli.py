@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -189,7 +190,7 @@ def evaluate(
     engine = _load(rules, policy)
     result: Any
     if timeline:
-        result = engine.timeline(raw, problems=problems)
+        result = engine.timeline(raw, problems=problems, received_at=time.time())
         click.echo(
             to_json(result)
             if fmt == "json"
@@ -200,7 +201,7 @@ def evaluate(
             raise SystemExit(EXIT_INCOMPLETE)
         return
     try:
-        result = engine.evaluate(raw, as_of=as_of, problems=problems)
+        result = engine.evaluate(raw, as_of=as_of, problems=problems, received_at=time.time())
     except ValueError as exc:  # a malformed --as-of
         raise click.BadParameter(str(exc), param_hint="--as-of") from exc
     text = evaluation_text(result, trace=show_trace and not no_trace, verbose=verbose, style=_style)
@@ -483,7 +484,7 @@ def explain_command(
             click.echo(to_json(answer.as_dict()) if fmt == "json" else answer.text())
             return
         if html_out is not None:
-            steps = timeline_as_of(engine, raw, as_of)
+            steps = timeline_as_of(engine, raw, as_of, received_at=time.time())
             if not steps:
                 raise click.UsageError(f"{facts or decision}: no facts to report")
             try:
@@ -496,7 +497,9 @@ def explain_command(
         if recorded is not None and as_of == recorded.as_of:
             evaluation = dict(recorded.evaluation)  # what was said, as recorded
         else:
-            evaluation = engine.evaluate(raw, as_of=as_of, problems=problems)
+            evaluation = engine.evaluate(
+                raw, as_of=as_of, problems=problems, received_at=time.time()
+            )
         explanation = explain(evaluation, raw, engine, codes=codes or None)
     except ValueError as exc:  # a malformed --as-of
         raise click.BadParameter(str(exc), param_hint="--as-of") from exc

@@ -7,10 +7,12 @@ and reported on another."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.runtime.api import Engine
 from engine.runtime.problems import InputProblem
+from engine.runtime.times import parse_time
 
 
 def as_facts(items: Sequence[object]) -> tuple[list[object], list[InputProblem]]:
@@ -29,7 +31,18 @@ def evaluate_input(
     *,
     as_of: str | None = None,
     patient: str | None = None,
+    received_at: str | None = None,
 ) -> dict[str, Any]:
-    """`Engine.evaluate` of what `items` say (a Bundle mapped first)."""
+    """`Engine.evaluate` of what `items` say (a Bundle mapped first). `received_at`: when
+    the host received them (ISO 8601); a fact timed well after it is implausible."""
     facts, problems = as_facts(items)
-    return engine.evaluate(facts, as_of=as_of, patient=patient, problems=problems)
+    received = None if received_at is None else parse_time(received_at)[1]
+    return engine.evaluate(
+        facts, as_of=as_of, patient=patient, problems=problems, received_at=received
+    )
+
+
+def received_now() -> str:
+    """The host's wall clock as a reception time (ISO 8601, microseconds, UTC): read by
+    hosts only, and recorded wherever the evaluation is, so that it replays."""
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -69,7 +69,7 @@ from engine.host.admin import add_admin_routes
 from engine.host.audit import AuditError, DecisionLog
 from engine.host.auth import MAX_LIFETIME_S, AuthError, Client, KeySet, Verifier
 from engine.host.fhirfetch import fetch_missing, server_allowed
-from engine.host.inputs import as_facts
+from engine.host.inputs import as_facts, received_now
 from engine.host.reload import Generation, RuleHolder, install_sighup
 from engine.host.store import (
     AppendResult,
@@ -459,9 +459,14 @@ class Evaluator:
         as_of: str | None,
         patient: str | None,
         problems: Sequence[InputProblem] = (),
+        received_at: str | None = None,
     ) -> Any:
+        """Evaluate `facts` received at `received_at` (ISO 8601; default: now)."""
+        received = parse_time(received_at or received_now())[1]
         with self._slots:
-            return self.engine.evaluate(facts, as_of=as_of, patient=patient, problems=problems)
+            return self.engine.evaluate(
+                facts, as_of=as_of, patient=patient, problems=problems, received_at=received
+            )
 
     def rebuild(
         self,
@@ -521,6 +526,7 @@ class Evaluator:
                     rows = self.store.appended(patient, entry.last)
                     if rows or entry.evaluation is None:
                         with self._slots:
+                            entry.session.received_at = parse_time(received_now())[1]
                             for seq, body in rows:
                                 entry.session.add(body)
                                 entry.last, entry.count = seq, entry.count + 1
@@ -1418,13 +1424,19 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         as_of: str | None,
         patient: str | None,
         live: Generation,
+        received_at: str,
     ) -> Response:
         """The evaluation, appended to the decision log: its id in the body and a header."""
         if decisions is None:
             raise ApiError(503, "this store keeps no decision log")
         try:
             decision = decisions.append(
-                live.engine.ruleset, facts, evaluation, as_of=as_of, patient=patient
+                live.engine.ruleset,
+                facts,
+                evaluation,
+                as_of=as_of,
+                patient=patient,
+                received_at=received_at,
             )
         except AuditError as exc:
             raise ApiError(503, f"decision log: {exc}") from exc
@@ -1464,8 +1476,9 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
             facts = store.facts(patient_id, until=until)
             if not facts and store.revision(patient_id).count == 0:
                 raise ApiError(404, "no facts stored for this patient")
-            evaluation = evaluator.run(facts, as_of=when, patient=patient_id)
-            return recorded(evaluation, facts, when, patient_id, live)
+            received = received_now()
+            evaluation = evaluator.run(facts, as_of=when, patient=patient_id, received_at=received)
+            return recorded(evaluation, facts, when, patient_id, live, received)
         evaluation, stored = evaluator.rebuild(patient_id, as_of=when)
         if stored == 0 and store.revision(patient_id).count == 0:
             raise ApiError(404, "no facts stored for this patient")
@@ -1487,11 +1500,17 @@ def create_app(engine: Engine, store: FactStore, settings: Settings) -> FastAPI:
         when = check_as_of(as_of)
         given = await _read_body_items(request, settings.limits)
         raws, unmapped = _mapped(given)
+        received = received_now()
         evaluation = await _in_thread(
-            live.parts.evaluator.run, raws, as_of=when, patient=None, problems=unmapped
+            live.parts.evaluator.run,
+            raws,
+            as_of=when,
+            patient=None,
+            problems=unmapped,
+            received_at=received,
         )
         if record:  # a Bundle is recorded as given: a replay maps it again
-            return await _in_thread(recorded, evaluation, given, when, None, live)
+            return await _in_thread(recorded, evaluation, given, when, None, live, received)
         return _json(evaluation)
 
     @app.get(

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -65,26 +64,32 @@ def load_rules(
 class Engine:
     """A compiled rule set, shared and immutable; sessions hold the per-patient state."""
 
-    def __init__(self, compiled: CompiledRuleset, *, wall: Callable[[], float] = time.time) -> None:
+    def __init__(self, compiled: CompiledRuleset) -> None:
         self.compiled = compiled
         self.impact = Impact(compiled.ruleset)
-        self.wall = wall  # the real time; a fact after it (plus a tolerance) is implausible
 
     @property
     def ruleset(self) -> RuleSet:
         return self.compiled.ruleset
 
     def session(
-        self, *, as_of: str | None = None, patient: str | None = None, record_trace: bool = True
+        self,
+        *,
+        as_of: str | None = None,
+        patient: str | None = None,
+        record_trace: bool = True,
+        received_at: float | None = None,
     ) -> Session:
         """An incremental session: `add` facts one by one, read `evaluation(session)` any time.
-        Close it (or use it as a context manager) when done."""
+        Close it (or use it as a context manager) when done. `received_at` (epoch seconds)
+        is when the host received the facts: a fact timed after it, beyond the policy's
+        `future_fact_tolerance`, is IMPLAUSIBLE_TIME; without it no fact is judged so."""
         return Session(
             self.compiled,
             as_of=as_of,
             patient=patient,
             record_trace=record_trace,
-            wall=self.wall,
+            received_at=received_at,
         )
 
     def evaluate(
@@ -94,12 +99,14 @@ class Engine:
         as_of: str | None = None,
         patient: str | None = None,
         problems: Iterable[InputProblem] = (),
+        received_at: float | None = None,
     ) -> dict[str, Any]:
         """Evaluate one patient's facts as of `as_of` (default: the latest usable fact time).
 
         `problems` are input problems a host reader found before the facts (e.g. FHIR entries
-        that did not map); they count like the engine's own."""
-        with self.session(as_of=as_of, patient=patient) as session:
+        that did not map); they count like the engine's own. `received_at`: see `session`.
+        The result depends on the arguments alone."""
+        with self.session(as_of=as_of, patient=patient, received_at=received_at) as session:
             read = _Read.of(facts, None if as_of is not None else session.future_limit())
             read.name(session)
             later = read.replay(session, fixed=session.now if as_of is not None else None)
@@ -115,12 +122,13 @@ class Engine:
         *,
         patient: str | None = None,
         problems: Iterable[InputProblem] = (),
+        received_at: float | None = None,
     ) -> list[dict[str, Any]]:
         """The evaluation after each distinct fact time, in time order; each entry's `trace`
         holds only what happened at that step, and `after_as_of` the facts still to come."""
         extra = tuple(problems)
         steps: list[dict[str, Any]] = []
-        with self.session(patient=patient) as session:
+        with self.session(patient=patient, received_at=received_at) as session:
             read = _Read.of(facts, session.future_limit())
             read.name(session)
             for retraction in read.retractions:

@@ -24,9 +24,8 @@ import hashlib
 import itertools
 import json
 import math
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -128,10 +127,13 @@ class Session:
         patient: str | None = None,
         record_trace: bool = True,
         matcher_: Matcher | None = None,
-        wall: Callable[[], float] = time.time,
+        received_at: float | None = None,
     ) -> None:
         self.compiled = compiled
-        self._wall = wall  # the real time: a fact after it (plus a tolerance) is implausible
+        # When the host received the facts (epoch seconds), an input like any other: a fact
+        # timed after it (plus a tolerance) is implausible. None: no such check. A live host
+        # sets it before each `add`.
+        self.received_at = received_at
         self.patient = patient
         self.record_trace = record_trace
         self._m = matcher_ or matcher()
@@ -210,10 +212,12 @@ class Session:
             self._admit(item)
         return item
 
-    def future_limit(self) -> float:
-        """The latest fact time that can be real: the wall clock plus the policy's
-        `future_fact_tolerance`."""
-        return self._wall() + self._future_tolerance_s
+    def future_limit(self) -> float | None:
+        """The latest fact time that can be real: the reception time plus the policy's
+        `future_fact_tolerance`; None when the host gave no reception time."""
+        if self.received_at is None:
+            return None
+        return self.received_at + self._future_tolerance_s
 
     def add_all(self, raws: Iterable[object]) -> None:
         for i, raw in enumerate(raws):
@@ -279,7 +283,7 @@ class Session:
             return
         if not self._fixed_clock:
             limit = self.future_limit()
-            if fact.t > limit:
+            if limit is not None and fact.t > limit:
                 self._reject(future_time(fact, limit, self._received - 1))
                 return
         for problem in fact.problems:

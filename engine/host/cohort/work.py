@@ -7,6 +7,7 @@ left out, as not yet known). The rows are made by `rows`.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -30,7 +31,8 @@ def evaluate_batch(key: str, batch: Sequence[PatientFacts], as_of: str | None) -
         try:
             with _evaluating:
                 if as_of is None:
-                    steps = cds.timeline(item.facts, patient=patient)
+                    # the worker's clock bounds plausible fact times, as a live host's does
+                    steps = cds.timeline(item.facts, patient=patient, received_at=time.time())
                 else:
                     known = [f for f in item.facts if not _after(f, as_of)]
                     steps = [cds.evaluate(known, as_of=as_of, patient=patient)]
