@@ -414,12 +414,12 @@ def test_a_raised_fever_threshold_replayed_under_other_rules_reports_exactly_wha
     # needs nothing else this patient lacks (early onset: the fever came 22 h after infusion)
     assert sorted((r["code"], r["rule"]) for r in diff["recommendations"]["removed"]) == sorted([
         ("CRS_SUPPORTIVE_CARE", "crs.supportive_care"),
-        ("SEPSIS_WORKUP_EMPIRIC_ANTIBIOTICS", "crs.sepsis_workup"),
-        ("CONSIDER_GCSF_IF_NEUTROPENIC", "crs.growth_factors"),
-        ("AVOID_GM_CSF", "crs.growth_factors"),
+        ("SEPSIS_WORKUP_EMPIRIC_ANTIBIOTICS", "crs.supportive_care"),
+        ("CONSIDER_GCSF_IF_NEUTROPENIC", "crs.supportive_care"),
+        ("AVOID_GM_CSF", "crs.supportive_care"),
         ("CONSIDER_DEX_10MG_IV_Q24H_EARLY_ONSET", "crs.g1_early_onset_dexamethasone"),
         ("CONSIDER_TOCILIZUMAB_SINGLE_DOSE", "crs.g1_tocilizumab"),
-        ("CHECK_DIVERTICULAR_DISEASE_BEFORE_IL6_BLOCKADE", "crs.diverticular_check"),
+        ("CHECK_DIVERTICULAR_DISEASE_BEFORE_IL6_BLOCKADE", "crs.supportive_care"),
     ])  # fmt: skip
     assert diff["recommendations"]["added"] == diff["recommendations"]["changed"] == []
     assert diff["input_problems"] == {"added": [], "removed": []}

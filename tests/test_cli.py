@@ -81,7 +81,7 @@ def test_evaluate_timeline_shows_the_crs_grade_rise_and_fall(
     assert grades[:peak] == sorted(grades[:peak])
     assert grades[peak:] == sorted(grades[peak:], reverse=True)
     fired = {t["rule"] for s in steps for t in s["trace"] if t["event"] == "fired"}
-    assert {"crs.fever", "crs.hypotension_vasopressor", "crs.g3_g4_icu"} <= fired
+    assert {"crs.fever", "crs.hypotension_grade.row2", "crs.g3_management"} <= fired
 
 
 def test_evaluate_text_format_names_rules_and_sources(capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,7 +91,7 @@ def test_evaluate_text_format_names_rules_and_sources(capsys: pytest.CaptureFixt
     assert code == 0
     assert re.search(r"^  CRS +grade 3, one vasopressor", out, re.M)  # the summary
     assert "CRITICAL Admit to the ICU." in out
-    assert "why: rule crs.g3_g4_icu v1 (S03; evidence V), since 2025-05-07 11:15 (D+2)" in out
+    assert "why: rule crs.g3_management v1 (S03; evidence V), since 2025-05-07 11:15 (D+2)" in out
 
 
 def test_evaluate_reads_ndjson_from_stdin(

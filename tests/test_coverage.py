@@ -30,22 +30,22 @@ def test_a_rule_fired_in_any_trace_record_counts_once_whatever_branch_fired(
 ) -> None:
     collector = Collector()
     collector.observe(
-        "A", {"trace": [fired("crs.fever"), fired("crs.grade1_fever", "crs.grade1_fever#1")]}
+        "A", {"trace": [fired("crs.fever"), fired("crs.grade_febrile", "crs.grade_febrile#1")]}
     )
     collector.observe(
-        "B", {"trace": [fired("crs.grade1_fever", "crs.grade1_fever#0"), fired("crs.onset")]}
+        "B", {"trace": [fired("crs.grade_febrile", "crs.grade_febrile#0"), fired("crs.onset")]}
     )
     collector.observe("B", {"trace": [{"event": "withdrawn", "rule": "crs.grade0"}]})
     collector.observe("C", {"trace": [fired("crs.grade0", event="resupported")]})
-    report = collector.coverage(catalogue(cds.ruleset), {"crs.grade1_fever": 2}).as_dict()
+    report = collector.coverage(catalogue(cds.ruleset), {"crs.grade_febrile": 2}).as_dict()
     rules = report["rules"]
-    assert rules["crs.grade1_fever"]["fired"] and rules["crs.grade1_fever"]["scenarios"] == [
+    assert rules["crs.grade_febrile"]["fired"] and rules["crs.grade_febrile"]["scenarios"] == [
         "A",
         "B",
     ]
-    assert rules["crs.grade1_fever"]["branches"] == {"fired": 2, "compiled": 2}
+    assert rules["crs.grade_febrile"]["branches"] == {"fired": 2, "compiled": 2}
     assert rules["crs.grade0"]["scenarios"] == ["C"]  # a re-firing counts, a withdrawal not
-    assert not rules["crs.hypoxia_positive_pressure"]["fired"]
+    assert not rules["crs.g4_management"]["fired"]
     assert report["summary"]["fired"] == 4
     # every rule with status active counts, also one that runs only under another policy
     policy_skipped = {s[0] for s in cds.ruleset.skipped if s[1] not in ("draft", "retired")}
@@ -57,7 +57,7 @@ def test_a_rule_fired_in_any_trace_record_counts_once_whatever_branch_fired(
     counted = {table_of.get(i, i) for i in compiled if not i.startswith("concept.")}
     assert report["summary"]["rules"] == len(counted)
     assert set(report["conditions"]) == {f"concept.{name}" for name in rs.concepts}
-    assert "crs.hypoxia_positive_pressure" in report["never_fired"]
+    assert "crs.g4_management" in report["never_fired"]
     assert "crs.fever" not in report["never_fired"]
     held = report["conditions"]["concept.infused"]
     assert held["held"] is False and held["location"].startswith("rules/concepts.yaml:")

@@ -72,14 +72,19 @@ def test_the_report_shows_the_recommendations_the_withdrawal_and_the_provenance(
 ) -> None:
     chains = report.split("<h2>Why:")[1]
     assert "<code>TOCILIZUMAB_8MG_KG_MAX_800MG</code>" in chains
-    assert 'rule <a href="#rule-crs.hypotension_sbp">crs.hypotension_sbp</a> v1' in chains
+    assert (
+        'rule <a href="#rule-crs.hypotension_grade.row1">crs.hypotension_grade.row1</a> v1'
+        in chains
+    )
     withdrawn = report.split('<table id="withdrawals">')[1].split("</table>")[0]
     assert "<code>ICU_ADMISSION</code>" in withdrawn
     assert "finding crs changed to (driver HYPOTENSION_NOT_REQUIRING_VASOPRESSORS, grade 2)" in (
         withdrawn
     )
     provenance = report.split("<h2>Rule provenance</h2>")[1]
-    assert '<tr id="rule-crs.g3_g4_icu"><td><code>crs.g3_g4_icu</code> v1</td>' in provenance
+    assert '<tr id="rule-crs.g3_management"><td><code>crs.g3_management</code> v1</td>' in (
+        provenance
+    )
     assert "<td>S03</td><td>V</td>" in provenance
 
 

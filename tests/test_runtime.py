@@ -183,7 +183,8 @@ def test_the_trace_records_rule_versions_and_places(cds: engine.Engine) -> None:
     fired = [t for t in result["trace"] if t["event"] == "fired" and t["rule"] == "crs.fever"]
     assert fired[0]["location"].startswith("rules/crs.yaml:")
     assert fired[0]["version"] == 1
-    assert fired[0]["matched"] == ["inf", "t"]
+    (infused,) = result["working"]["infused"]  # the named condition, one node resting on inf
+    assert fired[0]["matched"] == [infused["id"], "t"] and infused["because"] == ["inf"]
 
 
 # --- durable-rules footguns --------------------------------------------------------------

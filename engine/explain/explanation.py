@@ -133,11 +133,11 @@ class Withdrawal:
     rule: str
     version: int
     location: str
-    recommendations: tuple[str, ...]
+    recommendations: tuple[str, ...]  # withdrawn and not recommended again
     findings: tuple[str, ...]
     reason: str  # as recorded
     reason_text: str  # the ids resolved to what they were
-    live_again: bool  # a recommendation it withdrew holds again in the evaluation explained
+    live_again: tuple[str, ...]  # withdrawn here, but recommended again (by this or another rule)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -150,7 +150,7 @@ class Withdrawal:
             "findings": list(self.findings),
             "reason": self.reason,
             "reason_text": self.reason_text,
-            "live_again": self.live_again,
+            "live_again": list(self.live_again),
         }
 
 
@@ -547,9 +547,7 @@ def explain(
     gone = [
         w
         for w in withdrawals(evaluation.get("trace", []), index, live_codes)
-        if w.recommendations
-        and not w.live_again
-        and (wanted is None or wanted.intersection(w.recommendations))
+        if w.recommendations and (wanted is None or wanted.intersection(w.recommendations))
     ]
     return Explanation(
         evaluation.get("patient"),
@@ -595,11 +593,11 @@ def withdrawals(
                 str(record["rule"]),
                 int(record["version"]),
                 str(record["location"]),
-                recs,
+                tuple(code for code in recs if code not in live),
                 finds,
                 reason,
                 _reason_text(records, i, index),
-                any(code in live for code in recs),
+                tuple(code for code in recs if code in live),
             )
         )
     return out
