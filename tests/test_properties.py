@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import strategies as gen
+import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import engine
 from engine.runtime.facts import Fact, Rejection, normalise, normalise_all, parse_time
 from engine.runtime.labels import Labels
+
+REPO = Path(__file__).resolve().parent.parent
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -439,3 +443,71 @@ def test_every_evaluation_validates_against_the_evaluation_schema(
             engine.check_evaluation(cds.evaluation(session))
     for step in cds.timeline(facts):
         engine.check_evaluation(step)
+
+
+# ------------------------------------------------ phases agree on a shared concept (item 4)
+
+_VALUESETS = yaml.safe_load((REPO / "rules" / "valuesets-eligibility.yaml").read_text("utf-8"))
+INFECTIONS = tuple(_VALUESETS["valuesets"]["active_infection_conditions"]["values"])
+GVHD = tuple(_VALUESETS["valuesets"]["gvhd_conditions"]["values"])
+# the shared concept's reason code in every phase, and what "not proceeding" is in each
+SHARED = {"ACTIVE_INFECTION": INFECTIONS, "ACTIVE_GVHD": GVHD}
+STOPPED = {"eligibility": "DEFER", "lymphodepletion": "HOLD", "infusion": "DEFER"}
+
+
+def _spelled(name: str) -> st.SearchStrategy[str]:
+    """A condition name as a host may send it: as listed, capitalised or upper case."""
+    return st.sampled_from([name, name.capitalize(), name.upper()])
+
+
+@st.composite
+def candidate_with_conditions(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """A 3L candidate planned for axi-cel, with infections and GVHD recorded active or
+    resolved over the days before lymphodepletion, in any order and spelling."""
+    facts: list[dict[str, Any]] = [
+        {"type": "diagnosis", "histology": "DLBCL_NOS", "cns": "none", "time": "2024-01-05"},
+        {"type": "line_of_therapy", "line": 1, "regimen": "R-CHOP", "start": "2024-01-10",
+         "end": "2024-05-20", "best_response": "CR", "time": "2024-01-10"},
+        {"type": "line_of_therapy", "line": 2, "regimen": "R-ICE", "start": "2024-09-01",
+         "end": "2024-11-10", "best_response": "PD", "time": "2024-09-01"},
+        {"type": "observation", "name": "ECOG", "value": 1, "unit": "{score}",
+         "time": "2025-03-01"},
+        {"type": "patient", "age_y": 60, "sex": "F", "weight_kg": 70, "bsa_m2": 1.8,
+         "time": "2025-03-01"},
+        {"type": "observation", "name": "creatinine_clearance", "value": 90, "unit": "mL/min",
+         "time": "2025-03-01"},
+        {"type": "product_request", "product": "axi-cel", "time": "2025-03-01"},
+    ]  # fmt: skip
+    for _ in range(draw(st.integers(0, 4))):
+        name = draw(st.sampled_from(INFECTIONS + GVHD))
+        day, hour = draw(st.integers(2, 9)), draw(st.integers(0, 23))
+        facts.append(
+            {
+                "type": "condition",
+                "name": draw(_spelled(name)),
+                "status": draw(st.sampled_from(["active", "resolved"])),
+                "time": f"2025-03-{day:02d}T{hour:02d}:00:00Z",
+            }
+        )
+    return draw(st.permutations(facts))
+
+
+@settings(max_examples=60, deadline=None)
+@given(facts=candidate_with_conditions())
+def test_no_phase_proceeds_while_another_stops_for_the_same_shared_concept(
+    cds: engine.Engine, facts: list[dict[str, Any]]
+) -> None:
+    """Eligibility, lymphodepletion and the infusion read one definition of an active
+    serious infection and of active GVHD (rules/concepts.yaml): when any of them stops for
+    one (DEFER or HOLD with its reason), every one stops for it."""
+    findings = cds.evaluate(facts)["findings"]
+    decisions = {phase: findings.get(phase) or {} for phase in STOPPED}
+    for code in SHARED:
+        stopping = {p for p, f in decisions.items() if code in (f.get("reasons") or [])}
+        if stopping:
+            assert stopping == set(STOPPED), (code, decisions)
+            for phase, stopped in STOPPED.items():
+                assert decisions[phase].get("decision") in (stopped, "INELIGIBLE"), (
+                    phase,
+                    decisions[phase],
+                )
