@@ -156,7 +156,7 @@ def test_patient_view_renders_the_crs_grade_and_every_recommendation_as_cards(ap
     toci = next(c for c in cards if c["source"]["topic"]["code"] == "TOCILIZUMAB_8MG_KG_MAX_800MG")
     assert toci["indicator"] == "critical"
     assert toci["source"]["url"].endswith("/rules/crs.tocilizumab")
-    assert "crs.tocilizumab v2" in toci["source"]["label"] and "S02" in toci["source"]["label"]
+    assert "crs.tocilizumab v3" in toci["source"]["label"] and "S02" in toci["source"]["label"]
     (suggestion,) = toci["suggestions"]
     assert suggestion["label"] == "Order tocilizumab 648 mg IV over 1 h"
     assert suggestion["actions"][0]["resource"]["resourceType"] == "MedicationRequest"
