@@ -121,13 +121,14 @@ def hsct(eligible: bool) -> dict[str, Any]:
     return {"time": "2025-03-25", "type": "hsct_eligibility", "eligible": eligible}
 
 
-# Each template is an ELIGIBLE patient whose facts are all needed by the label indication,
-# as (item name, facts). Removing an item removes those facts; "end" and "best_response"
-# remove a field of the first line; "cns" removes the CNS status of the diagnosis.
+# Each template is an ELIGIBLE patient whose facts are all needed by the label indication
+# and by reference 1.3 (R-43: a performance status), as (item name, facts). Removing an item
+# removes those facts; "end" and "best_response" remove a field of the first line; "cns"
+# removes the CNS status of the diagnosis.
 TEMPLATES = {
-    "3L": ["diagnosis", "cns", "lines"],
-    "2L_refractory": ["diagnosis", "cns", "lines", "best_response"],
-    "2L_early_relapse": ["diagnosis", "cns", "lines", "best_response", "end", "relapse"],
+    "3L": ["diagnosis", "cns", "lines", "ecog"],
+    "2L_refractory": ["diagnosis", "cns", "lines", "best_response", "ecog"],
+    "2L_early_relapse": ["diagnosis", "cns", "lines", "best_response", "end", "relapse", "ecog"],
     "2L_transplant_ineligible": [
         "diagnosis",
         "cns",
@@ -136,8 +137,10 @@ TEMPLATES = {
         "end",
         "relapse",
         "hsct",
+        "ecog",
     ],
 }
+ECOG = {"time": "2025-04-01", "type": "observation", "name": "ECOG", "value": 0, "unit": "{score}"}
 
 
 def template_facts(kind: str, histology: str, removed: set[str]) -> list[dict[str, Any]]:
@@ -161,11 +164,12 @@ def template_facts(kind: str, histology: str, removed: set[str]) -> list[dict[st
     facts.extend(events)
     if kind == "2L_transplant_ineligible" and "hsct" not in removed:
         facts.append(hsct(False))
+    if "ecog" not in removed:
+        facts.append(ECOG)
     return facts
 
 
 OPTIONAL = [
-    {"time": "2025-04-01", "type": "observation", "name": "ECOG", "value": 0, "unit": "{score}"},
     {"time": "2025-04-01", "type": "observation", "name": "LVEF", "value": 60, "unit": "%"},
     {"time": "2025-04-01", "type": "observation", "name": "ANC", "value": 2.5, "unit": "10*9/L"},
     {"time": "2025-04-01", "type": "condition", "name": "infection", "status": "none"},
@@ -239,6 +243,7 @@ def test_twelve_months_are_calendar_months_clamped_to_the_month_end() -> None:
         diagnosis(),
         line(1, "2023-10-01", "2024-02-29", "CR"),
         relapse("2025-02-28"),
+        ECOG,
     ]
     found = eligibility(facts)
     assert (found["decision"], found["subtype"]) == ("ELIGIBLE", "early_relapse_1L")
@@ -247,7 +252,7 @@ def test_twelve_months_are_calendar_months_clamped_to_the_month_end() -> None:
 
 def test_a_relapse_one_day_after_the_mark_is_late() -> None:
     """Inclusive by calendar date: 16 March 2025 is after the 15 March mark, so not early."""
-    facts = [diagnosis(), line(1, "2023-10-01", "2024-03-15", "CR"), relapse("2025-03-16")]
+    facts = [diagnosis(), line(1, "2023-10-01", "2024-03-15", "CR"), relapse("2025-03-16"), ECOG]
     found = eligibility(facts)
     assert found["needs_data"] == ["hsct_eligibility"]
     assert found.get("pathway") is None
