@@ -182,7 +182,8 @@ def test_the_trace_records_rule_versions_and_places(cds: engine.Engine) -> None:
     result = cds.evaluate([INFUSION, temp("t", "2025-05-06T08:00:00Z", 38.5)])
     fired = [t for t in result["trace"] if t["event"] == "fired" and t["rule"] == "crs.fever"]
     assert fired[0]["location"].startswith("rules/crs.yaml:")
-    assert fired[0]["version"] == 1
+    declared = next(r.version for r in cds.ruleset.rules if r.id == "crs.fever")
+    assert fired[0]["version"] == declared == 2  # the version written in rules/crs.yaml
     (infused,) = result["working"]["infused"]  # the named condition, one node resting on inf
     assert fired[0]["matched"] == [infused["id"], "t"] and infused["because"] == ["inf"]
 
