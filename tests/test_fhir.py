@@ -1401,3 +1401,37 @@ def test_docs_fhir_names_every_status_the_mapping_reads_and_every_problem_it_giv
     for code in given:
         assert f"`{code}`" in docs, code
     assert "never `issued`" in docs
+
+
+def test_an_administration_names_the_order_it_carries_out_and_they_are_one_dose(
+    cds: engine.Engine,
+) -> None:
+    """MedicationAdministration.request -> `order_id`: the guard counts an approved order and
+    the administration carrying it out as one dose (reference 4.2: at most 3 in 24 h)."""
+    infusion = {"type": "procedure", "name": "car_t_infusion", "status": "done",
+                "time": "2025-05-06T10:00:00Z"}  # fmt: skip
+    weight = {"type": "patient", "weight_kg": 80, "time": "2025-05-06T08:00:00Z"}
+    resources = []
+    for n, hour in enumerate(("01", "10", "19")):
+        authored = f"2025-05-07T{hour}:00:00Z"
+        resources.append(request(f"o{n}", "612865", "draft", authoredOn=authored))
+        if n < 2:  # the first two orders were given
+            given_at = f"2025-05-07T{hour}:30:00Z"
+            carried_out = {"reference": f"MedicationRequest/o{n}"}
+            resources.append(
+                administration(
+                    f"a{n}",
+                    RXNORM,
+                    "612865",
+                    "completed",
+                    effectiveDateTime=given_at,
+                    request=carried_out,
+                )
+            )
+    facts = [f for f in read(*resources).facts if f["type"] != "patient"]  # weight: below
+    given = [f for f in facts if f["type"] == "medication_admin"]
+    assert [f.get("order_id") for f in given] == ["MedicationRequest/o0", "MedicationRequest/o1"]
+    result = cds.evaluate([infusion, weight, *facts])
+    decisions = {d["order"]: d for d in result["findings"]["tocilizumab_order"]}
+    assert decisions["MedicationRequest/o2"]["decision"] == "GIVE", decisions
+    assert decisions["MedicationRequest/o2"]["dose_number"] == 3

@@ -131,6 +131,7 @@ def read_medication_administration(ctx: Context, index: int, resource: dict[str,
     if kind == "medication_admin":
         base.update(_route_and_reason(ctx, resource, spec))
         on = {**base, **dose, "status": "completed" if state == "completed" else "active"}
+        on.update(_order_id(resource))
         if start is None:
             raise Refusal("SCHEMA", f"no time ({' or '.join(spec['time'])})")
         ctx.emit(index, 0, {**ctx.fact_id(index), "time": start, **on})
@@ -150,6 +151,14 @@ def read_medication_administration(ctx: Context, index: int, resource: dict[str,
         {**base, "status": "started", **dose},
         {**base, "status": "stopped"},
     )
+
+
+def _order_id(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """`request`, a reference to the MedicationRequest carried out, as the `order_id` of the
+    dose: the fact id the request is read under (an approved order and its administration
+    are one dose)."""
+    ref = as_str(as_dict(resource.get("request")).get("reference"))
+    return {"order_id": ref} if ref and ref.startswith("MedicationRequest/") else {}
 
 
 def running(
