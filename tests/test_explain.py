@@ -127,7 +127,7 @@ def test_the_icu_chain_text_names_rules_with_sources_evidence_and_explanation_an
     assert "    matched finding crs (grade 3, driver ONE_VASOPRESSOR)" in text
     assert "      from rule crs.grade_febrile v1 (" in text
     assert "S01, S02; evidence V" in text
-    assert f"          from rule crs.fever v2 ({fever.location}; S01, S02; evidence V): " in text
+    assert f"          from rule crs.fever v3 ({fever.location}; S01, S02; evidence V): " in text
     assert "          from rule crs.hypotension_grade.row2 v1 (" in text
     assert "              from rule concept.crs_vasopressor_running v1 (" in text
     assert (
@@ -146,7 +146,7 @@ def test_a_rule_shown_twice_is_abbreviated_the_second_time(grade3: Explanation) 
     assert echo.splitlines()[1] == (
         "  because rule crs.g3_management v1 (as above: matched finding crs)"
     )
-    assert text.count("from rule crs.fever v2 (") == 1
+    assert text.count("from rule crs.fever v3 (") == 1
     assert text.count("ASCO grade 3: admit to") == 1
 
 

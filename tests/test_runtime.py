@@ -183,7 +183,7 @@ def test_the_trace_records_rule_versions_and_places(cds: engine.Engine) -> None:
     fired = [t for t in result["trace"] if t["event"] == "fired" and t["rule"] == "crs.fever"]
     assert fired[0]["location"].startswith("rules/crs.yaml:")
     declared = next(r.version for r in cds.ruleset.rules if r.id == "crs.fever")
-    assert fired[0]["version"] == declared == 2  # the version written in rules/crs.yaml
+    assert fired[0]["version"] == declared == 3  # the version written in rules/crs.yaml
     (infused,) = result["working"]["infused"]  # the named condition, one node resting on inf
     assert fired[0]["matched"] == [infused["id"], "t"] and infused["because"] == ["inf"]
 
@@ -479,3 +479,37 @@ def test_a_fact_far_in_the_future_is_implausible_and_does_not_move_the_clock() -
     assert later["status"] == "complete" and "typo" in later["after_as_of"]
     near = {**typo, "time": "2025-06-01T01:00:00Z"}  # a clock a little fast: within tolerance
     assert fixed.evaluate([*facts, near])["status"] == "complete"
+
+
+def test_a_planned_procedure_lies_ahead_of_the_clock_and_its_washouts_count_to_its_date() -> None:
+    """A procedure planned for a date after the evaluation (an apheresis next week) is used,
+    not refused as IMPLAUSIBLE_TIME or held back by `as_of`; it never moves the clock; its
+    `scheduled_for` is the time rules measure to (reference 1.4: steroids at most 72 h
+    before apheresis defer it). A done procedure at that date is still refused."""
+    received = parse_time("2026-12-07T12:00:00Z")[1]
+    steroid = {"id": "pred", "type": "medication_admin", "drug": "prednisone", "dose": 60,
+               "unit": "mg", "status": "completed", "time": "2026-12-07T09:00:00Z"}  # fmt: skip
+    planned = {"id": "ap", "type": "procedure", "name": "apheresis", "status": "planned",
+               "time": "2026-12-07T10:00:00Z", "scheduled_for": "2026-12-09T08:00:00Z"}  # fmt: skip
+    later = {**planned, "scheduled_for": "2026-12-12T08:00:00Z"}  # 5 days after the dose
+    cds = engine.load_rules(None)
+
+    def codes(evaluation: dict[str, Any]) -> set[str]:
+        return {r["code"] for r in evaluation["recommendations"]}
+
+    for kw in ({"received_at": received}, {"as_of": "2026-12-07T12:00:00Z"}):
+        result = cds.evaluate([steroid, planned], **kw)
+        assert result["input_problems"] == [] and result["after_as_of"] == []
+        assert "DEFER_APHERESIS_UNTIL_WASHOUT_COMPLETE" in codes(result)
+        assert "DEFER_APHERESIS_UNTIL_WASHOUT_COMPLETE" not in codes(
+            cds.evaluate([steroid, later], **kw)
+        )
+    alone = cds.evaluate([steroid, planned], received_at=received)
+    assert alone["as_of"] == "2026-12-07T09:00:00Z"  # the planned date did not move the clock
+    steps = cds.timeline([steroid, planned], received_at=received)
+    assert [s["as_of"] for s in steps] == ["2026-12-07T09:00:00Z"]
+    done = {**planned, "status": "done", "time": "2026-12-09T08:00:00Z"}
+    refused = cds.evaluate([steroid, done], received_at=received)
+    assert [(p["fact"], p["code"]) for p in refused["input_problems"]] == [
+        ("ap", "IMPLAUSIBLE_TIME")
+    ]

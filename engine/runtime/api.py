@@ -133,16 +133,23 @@ class Engine:
             read.name(session)
             for retraction in read.retractions:
                 session.add(retraction)
-            times = sorted({f.t for f in read.facts})
+            # a planned procedure is known from the first step, not at the time it is planned for
+            times = sorted({f.t for f in read.facts if not f.planned})
+            if not times and read.facts:  # nothing but planned procedures
+                times = [min(f.t for f in read.facts)]
+            planned = [f for f in read.facts if f.planned]
             for n, t in enumerate(times):
+                for fact in planned if n == 0 else ():
+                    session.add(fact)
                 start = len(session.trace)
                 last = n == len(times) - 1
                 for rejection in read.rejections:  # each at its time, if it has one
                     if rejection.t is None or rejection.t <= t or last:
                         session.add(rejection)
                 for fact in read.at(t):
-                    session.add(fact)
-                later = [f.id for f in read.facts if f.t > t] + [
+                    if not fact.planned:
+                        session.add(fact)
+                later = [f.id for f in read.facts if f.t > t and not f.planned] + [
                     r.id for r in read.rejections if r.t is not None and r.t > t and not last
                 ]
                 step = self.evaluation(
@@ -263,7 +270,7 @@ class _Read:
                 rejections.append(item)
             elif isinstance(item, Retraction):
                 retractions.append(item)
-            elif future is not None and item.t > future:
+            elif future is not None and item.t > future and not item.planned:
                 final.pop(item.id, None)
                 rejections.append(future_time(item, future, index))
             else:

@@ -99,6 +99,12 @@ class Fact:
         }
 
     @property
+    def planned(self) -> bool:
+        """A procedure planned for its time: it may lie ahead of the clock, is never refused
+        for it, and never moves the clock."""
+        return self.type == "procedure" and self.data.get("status") == "planned"
+
+    @property
     def content(self) -> str:
         """What the fact says (without its id): two versions of one id differ here."""
         return _canonical_json([self.type, self.time, self.patient, self.data, self.replaces])
@@ -531,6 +537,9 @@ class _Reader:
         self._check_json(known, "")  # only what is used: an extra field is kept as it is
         if self.failed():
             return self.reject()
+        untimed = "time" not in known and "t" not in known
+        if fact_type == "procedure" and untimed and isinstance(known.get("scheduled_for"), str):
+            known["time"] = known["scheduled_for"]  # a planned one may send only this
         when = self._time(known)
         self.t = when[1] if when is not None else None
         replaces = known.get("replaces")
@@ -554,6 +563,7 @@ class _Reader:
         self._plausible(data, fact_type)
         if self.failed():
             return self.reject()
+        when = _scheduled(data, fact_type) or when
         given = sent.get("id")
         fid = (
             given
@@ -645,6 +655,15 @@ def _bad_character(text: str) -> str | None:
         if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r":
             return f"a control character (U+{code:04X})"
     return None
+
+
+def _scheduled(data: Mapping[str, object], fact_type: str) -> tuple[str, float] | None:
+    """A planned procedure's time is the time it is scheduled for, when it says so (the
+    rules measure washouts and windows to it); else the time it was sent with."""
+    at = data.get("scheduled_for_t")
+    if fact_type != "procedure" or data.get("status") != "planned" or not isinstance(at, float):
+        return None
+    return iso(at), at
 
 
 # --------------------------------------------------------------------------- data per type

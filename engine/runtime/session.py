@@ -277,11 +277,12 @@ class Session:
         previous = self._facts.get(fact.id)
         if previous is not None and previous.content == fact.content:
             return  # sent again: the same fact
-        if self._fixed_clock and self._clock is not None and fact.t > self._clock:
+        ahead = not fact.planned  # a planned procedure may lie ahead of the clock
+        if ahead and self._fixed_clock and self._clock is not None and fact.t > self._clock:
             if fact.id not in self._after:
                 self._after.append(fact.id)
             return
-        if not self._fixed_clock:
+        if ahead and not self._fixed_clock:
             limit = self.future_limit()
             if limit is not None and fact.t > limit:
                 self._reject(future_time(fact, limit, self._received - 1))
@@ -387,7 +388,8 @@ class Session:
         if self._aggs:
             content = {**fact.data, "t": fact.t, "time": fact.time, "id": fact.id}
             self._aggs.added("fact", fact.type, fact.id, fact.t, content)
-        if not self._fixed_clock and (self._clock is None or fact.t > self._clock):
+        moves = not self._fixed_clock and not fact.planned
+        if moves and (self._clock is None or fact.t > self._clock):
             self._set_clock(fact.t)
         views = self.compiled.views.get(fact.type, frozenset())
         if "a" in views:
