@@ -2,6 +2,9 @@
 
 - `crs_course()`: one realistic CRS patient (weight, a CAR-T infusion at `ANCHOR`, then
   1-25 CRS facts on a 30-minute grid within 10 days, so ties in time happen).
+- `icans_course()`: a CAR-T infusion at `ANCHOR`, then 1-10 ICANS readings (ICE,
+  consciousness, seizures, motor findings, neuroimaging, examination signs, daily-visit ICE
+  totals, an ICANS episode recorded resolved) on the same grid, some before the infusion.
 - `any_valid_fact()`: a fact of any type that `schemas/fact.schema.json` accepts, with
   random (often extreme) values; built from the schema's own types and enums.
 - `any_json_fact()`: an arbitrary JSON object, or a valid fact with one thing broken.
@@ -292,6 +295,201 @@ def fever_then_afebrile(draw: st.DrawFn) -> list[dict[str, Any]]:
 def max_time(facts: list[dict[str, Any]]) -> str:
     """The latest time among grid facts (ISO strings in one format sort by time)."""
     return max(f["time"] for f in facts if re.fullmatch(r"\d{4}-\d\d-\d\dT.*Z", f["time"]))
+
+
+# ---------------------------------------------------------------------------- ICANS facts
+
+ICE_PARTS = {"orientation": 4, "naming": 3, "commands": 1, "writing": 1, "attention": 1}
+# ASTCT depressed level of consciousness, from no impairment to the worst (reference 5.2)
+CONSCIOUSNESS_LEVELS = (
+    "alert",
+    "awakens_spontaneously",
+    "awakens_to_voice",
+    "awakens_to_tactile",
+    "unarousable",
+)
+SEIZURE_TYPES = ("focal", "generalized", "nonconvulsive_eeg")
+# Neuroimaging findings ASTCT grades, from none to the worst; a haemorrhage is excluded
+# from ICANS grading, so it is on no scale of "worse" (reference 5.2).
+EDEMA_FINDINGS = ("none", "focal_edema", "diffuse_edema")
+NEUROIMAGING_FINDINGS = (*EDEMA_FINDINGS, "hemorrhage")
+# Examination signs of raised intracranial pressure (ASTCT grade 4) and the signs that do
+# not grade by themselves (global aphasia only with an ICE of 0; tremor, myoclonus never).
+RAISED_ICP_SIGNS = ("papilledema", "cn_vi_palsy", "posturing", "cushing_triad")
+EXAM_FINDINGS = (*RAISED_ICP_SIGNS, "global_aphasia", "tremor", "myoclonus", "other")
+
+
+@st.composite
+def ice(draw: st.DrawFn) -> dict[str, Any]:
+    """An ICE assessment: five parts (the total sent or not), or not performable (ICE 0)."""
+    if draw(st.integers(0, 5)) == 0:
+        return {"type": "ice", "performable": False}
+    fact: dict[str, Any] = {"type": "ice"}
+    for part, points in ICE_PARTS.items():
+        fact[part] = draw(st.integers(0, points) | st.just(points))  # often full marks
+    if draw(st.booleans()):
+        fact["total"] = ice_total(fact)
+    if draw(st.booleans()):
+        fact["performable"] = True
+    return fact
+
+
+def ice_total(fact: dict[str, Any]) -> int:
+    return sum(fact[part] for part in ICE_PARTS)
+
+
+def consciousness() -> st.SearchStrategy[dict[str, Any]]:
+    """A level of consciousness, alert about half the time."""
+    levels = st.just("alert") | st.sampled_from(CONSCIOUSNESS_LEVELS)
+    return st.fixed_dictionaries(
+        {"type": st.just("consciousness"), "level": levels},
+        optional={"sedated": st.booleans()},
+    )
+
+
+def seizure() -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {"type": st.just("seizure"), "seizure_type": st.sampled_from(SEIZURE_TYPES)},
+        optional={
+            "duration_min": st.sampled_from((1, 2, 5, 6, 10)) | tenths(0, 150),
+            "resolved_rapidly": st.booleans(),
+            "return_to_baseline": st.booleans(),
+            "repetitive": st.booleans(),
+        },
+    )
+
+
+def motor() -> st.SearchStrategy[dict[str, Any]]:
+    """A motor examination, with deep focal weakness (grade 4) a quarter of the time."""
+    weakness = st.integers(0, 3).map(lambda n: n == 0)
+    return st.fixed_dictionaries({"type": st.just("motor"), "deep_focal_weakness": weakness})
+
+
+def neuroimaging(findings: tuple[str, ...] = NEUROIMAGING_FINDINGS) -> st.SearchStrategy[Any]:
+    return st.fixed_dictionaries(
+        {"type": st.just("neuroimaging"), "finding": st.sampled_from(findings)}
+    )
+
+
+def neuro_exam(findings: tuple[str, ...] = EXAM_FINDINGS) -> st.SearchStrategy[Any]:
+    return st.fixed_dictionaries(
+        {"type": st.just("neuro_exam"), "finding": st.sampled_from(findings)}
+    )
+
+
+DAILY_VISIT_ICE = st.fixed_dictionaries(
+    {"type": st.just("daily_visit"), "ice_total": st.integers(0, 10)}
+)
+ICANS_RESOLVED = st.just({"type": "condition", "name": "icans", "status": "resolved"})
+
+
+def icans_fact() -> st.SearchStrategy[dict[str, Any]]:
+    """One ICANS-course fact without time or id."""
+    return st.one_of(
+        ice(),
+        ice(),
+        ice(),  # ICE and consciousness are charted most often
+        consciousness(),
+        consciousness(),
+        seizure(),
+        motor(),
+        neuroimaging(),
+        neuro_exam(EXAM_FINDINGS[len(RAISED_ICP_SIGNS) :]),  # signs that do not grade alone
+        neuro_exam(),
+        DAILY_VISIT_ICE,
+        ICANS_RESOLVED,
+    )
+
+
+@st.composite
+def icans_course(draw: st.DrawFn, *, max_size: int = 10) -> list[dict[str, Any]]:
+    """The infusion at ANCHOR, then 1-`max_size` ICANS facts at times on the 30-minute grid
+    from 2 h before the infusion to 10 days after it (the times cluster, so ties happen),
+    each with a unique id."""
+    facts = [dict(INFUSION)]
+    events = draw(st.lists(icans_fact(), min_size=1, max_size=max_size))
+    steps = draw(st.lists(st.integers(-4, GRID_STEPS), min_size=1, max_size=6))
+    for i, event in enumerate(events):
+        step = draw(st.sampled_from(steps) | st.integers(-4, GRID_STEPS))
+        facts.append({"id": f"n{i:02d}", "time": at(step), **event})
+    return facts
+
+
+@st.composite
+def icans_course_made_worse(
+    draw: st.DrawFn, *, simultaneous_consciousness: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str]:
+    """(course, the same course with one ICANS domain made worse, how). Each change keeps
+    the fact's id and time, or adds one fact at a grid time:
+
+    - `ice`: an ICE the patient performed scores at most as well in every part (the total,
+      if sent, follows); or it becomes not performable (ICE 0), only when no level of
+      consciousness in the course is recorded under sedation (ASTCT does not grade an ICE
+      the patient cannot perform because of sedation: that is not a worse ICE, it is none);
+    - `visit_ice`: a daily visit's ICE total is lower;
+    - `consciousness`: a level of consciousness is at least as depressed (sedation as sent),
+      one recorded alone at its time unless `simultaneous_consciousness`;
+    - `seizure`: a seizure is added, or an existing one lasts longer;
+    - `motor`: deep focal motor weakness is recorded (changed or added);
+    - `edema`: a neuroimaging finding shows more oedema (none < focal < diffuse), or an
+      examination sign of raised intracranial pressure is added.
+    """
+    facts = draw(icans_course())
+    kinds: dict[str, list[int]] = {}
+    for i, f in enumerate(facts):
+        kinds.setdefault(f["type"], []).append(i)
+    performed = [i for i in kinds.get("ice", []) if facts[i].get("performable") is not False]
+    sedated = any(facts[i].get("sedated") is True for i in kinds.get("consciousness", []))
+    oedema = [i for i in kinds.get("neuroimaging", []) if facts[i]["finding"] in EDEMA_FINDINGS]
+    choices = ["seizure", "motor", "edema"]
+    # the ICE and consciousness domains, when the course has them, are chosen more often
+    choices += ["ice"] * 3 * bool(performed or (kinds.get("ice") and not sedated))
+    choices += ["visit_ice"] * bool(kinds.get("daily_visit"))
+    levels = kinds.get("consciousness", [])
+    if not simultaneous_consciousness:
+        times = [facts[i]["time"] for i in levels]
+        levels = [i for i in levels if times.count(facts[i]["time"]) == 1]
+    choices += ["consciousness"] * 2 * bool(levels)
+    how = draw(st.sampled_from(choices))
+    worse = [dict(f) for f in facts]
+    added = st.builds(lambda step: {"id": "worse", "time": at(step)}, st.integers(-4, GRID_STEPS))
+    if how == "ice":
+        candidates = kinds["ice"] if not sedated else performed
+        i = draw(st.sampled_from(candidates))
+        if i in performed and (sedated or draw(st.booleans())):
+            for part in ICE_PARTS:
+                worse[i][part] = draw(st.integers(0, worse[i][part]))
+            if "total" in worse[i]:
+                worse[i]["total"] = ice_total(worse[i])
+        else:  # not performable: ICE 0
+            worse[i] = {"id": worse[i]["id"], "time": worse[i]["time"], "type": "ice",
+                        "performable": False}  # fmt: skip
+    elif how == "visit_ice":
+        i = draw(st.sampled_from(kinds["daily_visit"]))
+        worse[i]["ice_total"] = draw(st.integers(0, worse[i]["ice_total"]))
+    elif how == "consciousness":
+        i = draw(st.sampled_from(levels))
+        rank = CONSCIOUSNESS_LEVELS.index(worse[i]["level"])
+        worse[i]["level"] = draw(st.sampled_from(CONSCIOUSNESS_LEVELS[rank:]))
+    elif how == "seizure":
+        lasting = [i for i in kinds.get("seizure", []) if "duration_min" in facts[i]]
+        if lasting and draw(st.booleans()):
+            i = draw(st.sampled_from(lasting))
+            worse[i]["duration_min"] = worse[i]["duration_min"] + draw(st.integers(0, 10))
+        else:
+            worse.append({**draw(added), **draw(seizure())})
+    elif how == "motor":
+        if kinds.get("motor") and draw(st.booleans()):
+            worse[draw(st.sampled_from(kinds["motor"]))]["deep_focal_weakness"] = True
+        else:
+            worse.append({**draw(added), "type": "motor", "deep_focal_weakness": True})
+    elif oedema and draw(st.booleans()):
+        i = draw(st.sampled_from(oedema))
+        rank = EDEMA_FINDINGS.index(worse[i]["finding"])
+        worse[i]["finding"] = draw(st.sampled_from(EDEMA_FINDINGS[rank:]))
+    else:
+        worse.append({**draw(added), **draw(neuro_exam(RAISED_ICP_SIGNS))})
+    return facts, worse, how
 
 
 # ---------------------------------------------------------------------------- any valid fact

@@ -1,5 +1,6 @@
 """Properties that must always hold (DESIGN.md, "What must always hold"), checked with
-hypothesis over generated CRS courses (tests/strategies.py) and arbitrary input.
+hypothesis over generated CRS and ICANS courses (tests/strategies.py), tocilizumab dose
+histories and orders, and arbitrary input.
 
 Results are compared by `normal_form`, which keeps everything clinical and drops only what
 names the engine's internal objects; see its docstring for what is kept and why.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -318,48 +320,231 @@ def test_no_crs_grade_0_while_a_hypotension_or_hypoxia_domain_is_present(
         ) in codes  # the prophylactic-steroid case keeps its warning
 
 
-TOCILIZUMAB_NAMES = ("tocilizumab", "Tocilizumab", "TOCILIZUMAB", "Actemra", "tocilizumab-aazg")
+# ---------------------------------------------------------------------------- ICANS
+
+# The order a comparison of ICANS grades uses: no `icans` finding < NOT_GRADED == 0 < 1-4.
+ICANS_RANK: dict[object, int] = {None: -1, "NOT_GRADED": 0, 0: 0, 1: 1, 2: 2, 3: 3, 4: 4}
+
+
+def icans_rank(evaluation: dict[str, Any]) -> int:
+    """The ICANS grade as a number for comparison (ICANS_RANK); any other grade fails.
+
+    No `icans` finding (no reading after the infusion) ranks lowest, -1. NOT_GRADED ranks
+    with grade 0. It is the grade only when no domain gives a number (the finding combines
+    to the highest numeric grade, and a text never outranks a number), and it says that
+    what was seen is a reading ASTCT does not grade (a depressed level of consciousness or
+    an ICE under sedation, an intracranial haemorrhage, tremor or myoclonus: reference 5.2)
+    or the fail-safe's replacement for a grade 0 (docs/phases/icans.md, section 2): a flag
+    for review, never a grade below 0, and never a grade of 1 or more. So a worse reading
+    may legitimately turn grade 0 into NOT_GRADED (a sedated patient who was alert now
+    awakens only to voice) and NOT_GRADED into 0, while turning grade 1-4 into NOT_GRADED
+    or into a lower number is a lower grade and fails."""
+    icans = evaluation["findings"].get("icans")
+    grade = icans.get("grade") if isinstance(icans, dict) else None
+    assert not isinstance(grade, bool) and grade in ICANS_RANK, icans
+    return ICANS_RANK[grade]
+
+
+@settings(max_examples=120, deadline=None)
+@given(case=gen.icans_course_made_worse())
+def test_a_worse_ice_score_or_other_icans_domain_never_lowers_the_icans_grade(
+    cds: engine.Engine, case: tuple[list[Any], list[Any], str]
+) -> None:
+    """Reference 5.2 (ASTCT, S01): the ICANS grade is the most severe domain, so a lower ICE
+    score (or an ICE the patient cannot perform), a more depressed level of consciousness,
+    a seizure, deep focal motor weakness or more cerebral oedema never lowers it. Both
+    courses are evaluated at the same clock."""
+    facts, worse, how = case
+    assert normalise_all(worse)[1] == []  # every generated fact is usable
+    as_of = max(gen.max_time(facts), gen.max_time(worse))
+    before = cds.evaluate(facts, as_of=as_of)
+    after = cds.evaluate(worse, as_of=as_of)
+    assert icans_rank(after) >= icans_rank(before), (
+        how,
+        before["findings"].get("icans"),
+        after["findings"].get("icans"),
+    )
+
+
+# ---------------------------------------------------------------------------- tocilizumab
+
+# Tocilizumab as a host may name it (schemas/terms.json, entry tocilizumab): the generic, the
+# brands and the biosimilars, in several cases, and its RxNorm codes (ingredient, products).
+TOCILIZUMAB_NAMES = (
+    "tocilizumab", "Tocilizumab", "TOCILIZUMAB", "tociLIZUMAB",
+    "Actemra", "ACTEMRA", "actemra", "RoActemra", "Tyenne", "Tofidence", "Avtozma",
+    "tocilizumab-aazg", "Tocilizumab-AAZG", "tocilizumab-bavi", "TOCILIZUMAB-BAVI",
+    "tocilizumab-anoh",
+)  # fmt: skip
+TOCILIZUMAB_RXCUIS = ("612865", "1657977", "1657978", "1657974", "1657976", "1657979",
+                      "1657980", "1657981", "1657982", "895761")  # fmt: skip
+# The drug text of an administration sent with an RxNorm code (the code decides the drug).
+CODED_DRUG_TEXTS = ("tocilizumab 20 MG/ML Injection", "Actemra 400 mg/20 mL", "TCZ", "IL-6R mAb")
+OTHER_DRUGS = ("dexamethasone", "anakinra", "siltuximab")
+# Administration statuses that are a dose (the schema: `ordered` is not a dose, `active`
+# and `completed` (the default) are, `stopped` ends a given one); the others are not.
+DOSE_STATUSES = ("completed", "active", "stopped")
+NOT_A_DOSE_STATUSES = ("ordered", "entered-in-error")
+
+_POLICY = yaml.safe_load((REPO / "rules" / "policy.yaml").read_text("utf-8"))["parameters"]
+_SECONDS = {"h": 3600, "d": 86400}
+
+
+def policy(name: str) -> float:
+    """A policy value from rules/policy.yaml (read here, not from the engine); a duration in
+    seconds."""
+    parameter = _POLICY[name]
+    return float(parameter["value"]) * _SECONDS.get(parameter.get("unit", ""), 1)
+
+
+def seconds(fact: dict[str, Any]) -> float:
+    """The epoch seconds of a fact's time (a time without an offset is UTC)."""
+    moment = datetime.fromisoformat(fact["time"])
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def is_tocilizumab(fact: dict[str, Any]) -> bool:
+    """A known RxNorm code decides the drug; otherwise its name, in any case."""
+    if "rxnorm" in fact:
+        return fact["rxnorm"] in TOCILIZUMAB_RXCUIS
+    return fact["drug"].casefold() in {n.casefold() for n in TOCILIZUMAB_NAMES}
+
+
+def is_tocilizumab_dose(fact: dict[str, Any]) -> bool:
+    return (
+        fact["type"] == "medication_admin"
+        and is_tocilizumab(fact)
+        and fact.get("status", "completed") in DOSE_STATUSES
+    )
+
+
+def current_weight(facts: list[dict[str, Any]], now: float) -> float | None:
+    """The weight of the newest patient record if it has one, measured at most
+    tocilizumab_weight_max_age before `now` (the latest fact time)."""
+    patients = [f for f in facts if f["type"] == "patient"]
+    if not patients:
+        return None
+    newest = max(patients, key=seconds)
+    if now - seconds(newest) > policy("tocilizumab_weight_max_age"):
+        return None
+    weight: float | None = newest.get("weight_kg")
+    return weight
 
 
 @st.composite
-def dose_history_and_orders(draw: st.DrawFn) -> tuple[list[dict[str, Any]], float | None]:
-    """An infusion, maybe a weight, earlier doses (administrations) and orders, each named
-    by the generic, a brand, a biosimilar or in another case, with doses around the limit."""
-    weight = draw(st.one_of(st.none(), st.integers(20, 160)))
+def dose_history_and_orders(
+    draw: st.DrawFn, units: tuple[str, ...] = ("mg",)
+) -> list[dict[str, Any]]:
+    """An infusion; tocilizumab administrations (named by the generic, a brand or a
+    biosimilar in any case, or by an RxNorm code whatever the drug text; given, running,
+    stopped, only ordered or entered in error) and tocilizumab orders (by name; the dose
+    in one of `units` or not sent, in mg often at the limit of the newest weight or 800
+    mg), with other drugs among them, in a random order, at times 0 to 30 h apart (so
+    doses fall at the same time, inside and outside the minimum interval and the 24-h
+    window, and up to nine doses before an order); then zero to two patient records at
+    distinct times up to 40 days before the latest event, the newest with or without a
+    weight. Orders carry no RxNorm code: order_request has no code field."""
+    weight = st.integers(30, 160) | st.integers(20, 160) | st.none()  # mostly one to dose by
+    weights = draw(st.lists(weight, min_size=draw(st.sampled_from((0, 1, 1, 1))), max_size=2))
+    newest = weights[-1] if weights else None
+    limit = None if newest is None else min(8 * newest, 800)
+    kinds = ["admin"] * draw(st.integers(0, 6)) + ["order"] * draw(st.integers(1, 4))
+    kinds += ["other"] * draw(st.integers(0, 2))
     facts: list[dict[str, Any]] = [dict(gen.INFUSION)]
-    if weight is not None:
-        facts.append(gen.patient_fact(weight))
-    for i in range(draw(st.integers(0, 5))):
-        facts.append({"id": f"d{i}", "type": "medication_admin", "status": "completed",
-                      "drug": draw(st.sampled_from(TOCILIZUMAB_NAMES)),
-                      "time": gen.at(draw(st.integers(0, gen.GRID_STEPS)))})  # fmt: skip
-    for i in range(draw(st.integers(1, 4))):
-        order: dict[str, Any] = {"id": f"o{i}", "type": "order_request",
-                                 "drug": draw(st.sampled_from(TOCILIZUMAB_NAMES)),
-                                 "time": gen.at(draw(st.integers(0, gen.GRID_STEPS)))}  # fmt: skip
-        if draw(st.booleans()):
-            order |= {"dose": draw(st.integers(100, 1200)), "unit": "mg"}
-        facts.append(order)
-    return facts, weight
+    step = draw(st.integers(1, 48))
+    gaps = st.sampled_from((0, 1, 15, 16, 17, 47, 48, 49)) | st.integers(0, 60)
+    for i, kind in enumerate(draw(st.permutations(kinds))):
+        step += draw(gaps) if i else 0
+        fact: dict[str, Any] = {"id": f"{kind[0]}{i}", "time": gen.at(step)}
+        if kind == "admin":
+            fact["type"] = "medication_admin"
+            if draw(st.integers(0, 3)) == 0:
+                fact["rxnorm"] = draw(st.sampled_from(TOCILIZUMAB_RXCUIS))
+                fact["drug"] = draw(st.sampled_from(CODED_DRUG_TEXTS + TOCILIZUMAB_NAMES))
+            else:
+                fact["drug"] = draw(st.sampled_from(TOCILIZUMAB_NAMES))
+            status = draw(st.none() | st.sampled_from(DOSE_STATUSES + NOT_A_DOSE_STATUSES))
+            if status is not None:
+                fact["status"] = status
+        elif kind == "order":
+            fact |= {"type": "order_request", "drug": draw(st.sampled_from(TOCILIZUMAB_NAMES))}
+            around = () if limit is None else (limit - 1, limit, limit + 1)
+            dose = draw(st.none() | st.sampled_from((*around, 800, 801)) | st.integers(100, 1200))
+            unit = draw(st.sampled_from(units))
+            if dose is not None and unit == "g":
+                dose = dose / 1000
+            elif dose is not None and unit == "mg/kg":
+                dose = draw(st.sampled_from((7, 8, 9, 10, 12)))
+            if dose is not None:
+                fact |= {"dose": dose, "unit": unit}
+        else:
+            fact["type"] = draw(st.sampled_from(("medication_admin", "order_request")))
+            fact["drug"] = draw(st.sampled_from(OTHER_DRUGS))
+        facts.append(fact)
+    last = step
+    days = 48  # grid steps in a day
+    near = (last - 30 * days - 1, last - 30 * days, last - 30 * days + 1)  # the age limit
+    steps = draw(st.lists(st.sampled_from(near) | st.integers(last - 40 * days, last),
+                          min_size=len(weights), max_size=len(weights), unique=True))  # fmt: skip
+    for k, (weight, at_step) in enumerate(zip(weights, sorted(steps), strict=True)):
+        patient: dict[str, Any] = {"id": f"pt{k}", "type": "patient", "time": gen.at(at_step)}
+        patient |= {"age_y": 60} if weight is None else {"weight_kg": weight}
+        facts.append(patient)
+    return facts
+
+
+def ordered_mg(order: dict[str, Any], weight: float | None) -> float:
+    """The ordered dose in mg (none sent: 0); a dose per kg needs the weight."""
+    dose = order.get("dose", 0)
+    unit = order.get("unit", "mg")
+    if unit == "mg/kg":
+        assert weight is not None
+        return float(dose * weight)
+    return float(dose * {"mg": 1, "g": 1000}[unit])
+
+
+def assert_the_guard_respects_the_limits(
+    facts: list[dict[str, Any]], evaluation: dict[str, Any], *, same_instant: bool = False
+) -> None:
+    """Every tocilizumab order, however named, gets a decision, and a GIVE never (a) exceeds
+    min(8 mg/kg, 800 mg) of a current weight of at least 30 kg, (b) is a dose after the
+    maximum total, (c) comes less than the minimum interval after an earlier dose, or (d)
+    after the maximum number of doses within the rolling window. Computed from the facts
+    and rules/policy.yaml: the doses are the tocilizumab administrations given (by name in
+    any case, brand, biosimilar or RxNorm code) and the orders the guard approved; an
+    earlier dose is one strictly before the order (`same_instant`: or at the same instant,
+    the order itself apart). Of the engine's output only the decision and the order id are
+    read."""
+    decisions: dict[str, set[str]] = {}
+    for found in evaluation["findings"].get("tocilizumab_order", []):
+        decisions.setdefault(found["order"], set()).add(found["decision"])
+    orders = {f["id"]: f for f in facts if f["type"] == "order_request" and is_tocilizumab(f)}
+    assert decisions.keys() == orders.keys(), decisions
+    given = sorted(o for o, found in decisions.items() if "GIVE" in found)
+    assert all(decisions[o] == {"GIVE"} for o in given), decisions
+    doses = [(f["id"], seconds(f)) for f in facts if is_tocilizumab_dose(f)]
+    doses += [(o, seconds(orders[o])) for o in given]
+    weight = current_weight(facts, max(seconds(f) for f in facts))
+    for o in given:
+        order, t = orders[o], seconds(orders[o])
+        earlier = [d for i, d in doses if d < t or (same_instant and d == t and i != o)]
+        assert weight is not None and weight >= policy("tocilizumab_min_weight_kg"), order
+        limit = min(weight * policy("tocilizumab_mg_per_kg"), policy("tocilizumab_max_mg"))
+        assert ordered_mg(order, weight) <= limit + 1e-6, (order, limit)
+        assert len(earlier) + 1 <= policy("tocilizumab_max_total"), (order, len(earlier))
+        assert all(t - d >= policy("tocilizumab_min_interval") for d in earlier), order
+        in_window = [d for d in earlier if t - d <= policy("tocilizumab_window")]
+        assert len(in_window) < policy("tocilizumab_max_per_window"), order
 
 
 @settings(max_examples=150, deadline=None)
-@given(case=dose_history_and_orders())
-def test_the_tocilizumab_guard_never_approves_a_dose_over_the_limit_or_without_a_weight(
-    cds: engine.Engine, case: tuple[list[dict[str, Any]], float | None]
+@given(facts=dose_history_and_orders())
+def test_the_tocilizumab_guard_never_gives_a_dose_over_a_limit_or_without_a_weight(
+    cds: engine.Engine, facts: list[dict[str, Any]]
 ) -> None:
-    facts, weight = case
-    evaluation = cds.evaluate(facts)
-    orders = {f["id"]: f for f in facts if f["type"] == "order_request"}
-    policy = evaluation["policy"]
-    for decision in evaluation["findings"].get("tocilizumab_order", []):
-        if decision["decision"] != "GIVE":
-            continue
-        order = orders[decision["order"]]
-        assert weight is not None and weight >= policy["tocilizumab_min_weight_kg"], decision
-        limit = min(weight * policy["tocilizumab_mg_per_kg"], policy["tocilizumab_max_mg"])
-        assert order.get("dose", 0) <= limit + 1e-6, (order, limit)
-        assert decision["dose_number"] <= policy["tocilizumab_max_total"]
+    """Reference 4.2 (NCCN S02, label S34): see assert_the_guard_respects_the_limits."""
+    assert normalise_all(facts)[1] == []  # every generated fact is usable
+    assert_the_guard_respects_the_limits(facts, cds.evaluate(facts))
 
 
 # ---------------------------------------------------------------------------- 6-7 input
