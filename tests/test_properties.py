@@ -547,6 +547,60 @@ def test_the_tocilizumab_guard_never_gives_a_dose_over_a_limit_or_without_a_weig
     assert_the_guard_respects_the_limits(facts, cds.evaluate(facts))
 
 
+# Doses at the order's own instant, tied orders, and doses in another unit (reference 4.2):
+# the guard reviews them (tocilizumab.review_simultaneous_dose, tocilizumab.review_dose_unit).
+WEIGHED = {"id": "pt", "type": "patient", "time": "2025-05-05T00:00:00Z", "weight_kg": 70}
+SAME_INSTANT_DOSES = [
+    dict(gen.INFUSION),
+    WEIGHED,
+    *({"id": f"a{i}", "type": "medication_admin", "drug": "tocilizumab", "time": gen.at(24)}
+      for i in range(4)),
+    {"id": "o1", "type": "order_request", "drug": "tocilizumab", "time": gen.at(24),
+     "dose": 560, "unit": "mg"},
+]  # fmt: skip
+TIED_ORDERS = [
+    dict(gen.INFUSION),
+    WEIGHED,
+    {"id": "o1", "type": "order_request", "drug": "tocilizumab", "time": gen.at(24)},
+    {"id": "o2", "type": "order_request", "drug": "Actemra", "time": gen.at(24)},
+]
+PER_KG_ORDER = [
+    dict(gen.INFUSION),
+    {**WEIGHED, "weight_kg": 115},
+    {"id": "o1", "type": "order_request", "drug": "tocilizumab", "time": gen.at(1),
+     "dose": 7, "unit": "mg/kg"},
+]  # fmt: skip
+GRAM_ORDER = [
+    dict(gen.INFUSION),
+    WEIGHED,
+    {"id": "o1", "type": "order_request", "drug": "tocilizumab", "time": gen.at(1),
+     "dose": 1, "unit": "g"},
+]  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None)
+@example(facts=SAME_INSTANT_DOSES)
+@example(facts=TIED_ORDERS)
+@given(facts=dose_history_and_orders())
+def test_the_tocilizumab_guard_never_gives_a_dose_at_the_instant_of_another_dose(
+    cds: engine.Engine, facts: list[dict[str, Any]]
+) -> None:
+    """A dose charted at the order's own instant (an administration, or another order the
+    guard approves) is a dose 0 h before it: it counts for every limit."""
+    assert_the_guard_respects_the_limits(facts, cds.evaluate(facts), same_instant=True)
+
+
+@settings(max_examples=100, deadline=None)
+@example(facts=PER_KG_ORDER)
+@example(facts=GRAM_ORDER)
+@given(facts=dose_history_and_orders(units=("mg", "g", "mg/kg")))
+def test_the_tocilizumab_guard_compares_the_ordered_dose_in_its_unit(
+    cds: engine.Engine, facts: list[dict[str, Any]]
+) -> None:
+    """An order in g or mg/kg is never approved above min(8 mg/kg, 800 mg) after conversion."""
+    assert_the_guard_respects_the_limits(facts, cds.evaluate(facts))
+
+
 # ---------------------------------------------------------------------------- 6-7 input
 
 
