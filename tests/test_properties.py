@@ -564,18 +564,20 @@ TIED_ORDERS = [
     {"id": "o1", "type": "order_request", "drug": "tocilizumab", "time": gen.at(24)},
     {"id": "o2", "type": "order_request", "drug": "Actemra", "time": gen.at(24)},
 ]
-PER_KG_ORDER = [
-    dict(gen.INFUSION),
-    {**WEIGHED, "weight_kg": 115},
-    {"id": "o1", "type": "order_request", "drug": "tocilizumab", "time": gen.at(1),
-     "dose": 7, "unit": "mg/kg"},
-]  # fmt: skip
-GRAM_ORDER = [
-    dict(gen.INFUSION),
-    WEIGHED,
-    {"id": "o1", "type": "order_request", "drug": "tocilizumab", "time": gen.at(1),
-     "dose": 1, "unit": "g"},
-]  # fmt: skip
+
+
+def one_order(weight_kg: float, dose: float, unit: str) -> list[dict[str, Any]]:
+    """An infusion, a weight and one tocilizumab order of `dose` `unit`."""
+    order = {"id": "o1", "type": "order_request", "drug": "tocilizumab", "time": gen.at(1)}
+    return [
+        dict(gen.INFUSION),
+        {**WEIGHED, "weight_kg": weight_kg},
+        order | {"dose": dose, "unit": unit},
+    ]
+
+
+PER_KG_ORDER = one_order(115, 7, "mg/kg")  # 805 mg
+GRAM_ORDER = one_order(70, 1, "g")  # 1000 mg
 
 
 @settings(max_examples=100, deadline=None)
