@@ -366,6 +366,37 @@ def test_a_worse_ice_score_or_other_icans_domain_never_lowers_the_icans_grade(
     )
 
 
+_AWAKE = {"id": "c1", "type": "consciousness", "time": gen.at(48),
+          "level": "awakens_to_tactile", "sedated": False}  # fmt: skip
+_SEDATED = {"id": "c2", "type": "consciousness", "time": gen.at(48),
+            "level": "awakens_to_voice", "sedated": True}  # fmt: skip
+CONSCIOUSNESS_TIE = (
+    [dict(gen.INFUSION), _AWAKE, _SEDATED],
+    [dict(gen.INFUSION), _AWAKE, {**_SEDATED, "level": "awakens_to_tactile"}],
+    "consciousness",
+)
+
+
+@settings(max_examples=80, deadline=None)
+@example(case=CONSCIOUSNESS_TIE)
+@given(case=gen.icans_course_made_worse(simultaneous_consciousness=True))
+def test_a_worse_level_of_consciousness_charted_beside_another_never_lowers_the_icans_grade(
+    cds: engine.Engine, case: tuple[list[Any], list[Any], str]
+) -> None:
+    """As the ICANS property above, with two levels of consciousness at one instant: of two
+    equally depressed levels the one that can be graded (not sedated) is current
+    (`x-worse` of consciousness), so a sedated record beside it never hides the grade."""
+    facts, worse, how = case
+    as_of = max(gen.max_time(facts), gen.max_time(worse))
+    before = cds.evaluate(facts, as_of=as_of)
+    after = cds.evaluate(worse, as_of=as_of)
+    assert icans_rank(after) >= icans_rank(before), (
+        how,
+        before["findings"].get("icans"),
+        after["findings"].get("icans"),
+    )
+
+
 # ---------------------------------------------------------------------------- tocilizumab
 
 # Tocilizumab as a host may name it (schemas/terms.json, entry tocilizumab): the generic, the

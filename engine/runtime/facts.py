@@ -561,6 +561,7 @@ class _Reader:
             self.add(unusable.code, f"{fact_type}: {unusable.message}", unusable.field)
             return self.reject()
         self._plausible(data, fact_type)
+        self._not_after_time(data, fact_type, when[1])
         if self.failed():
             return self.reject()
         when = _scheduled(data, fact_type) or when
@@ -607,6 +608,20 @@ class _Reader:
             )
             return True
         return False
+
+    def _not_after_time(self, data: Mapping[str, object], fact_type: str, t: float) -> None:
+        """A date the schema marks `x-not-after-time` (when an event happened) cannot fall
+        after the day the fact was recorded: a mistyped date is not used, never read as a
+        future event."""
+        for key, spec in type_defs()[fact_type]["properties"].items():
+            at = data.get(f"{key}_t")
+            if spec.get("x-not-after-time") and isinstance(at, float) and at > t + 86400:
+                self.add(
+                    "IMPLAUSIBLE_TIME",
+                    f"{fact_type}: {key} {data[key]!r} is after the fact's own time "
+                    f"{iso(t)}: an event is recorded after it happened (a mistyped date?)",
+                    key,
+                )
 
     def _plausible(self, data: Mapping[str, object], fact_type: str) -> None:
         props = type_defs()[fact_type]["properties"]
