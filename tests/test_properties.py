@@ -555,7 +555,9 @@ def assert_the_guard_respects_the_limits(
     assert all(decisions[o] == {"GIVE"} for o in given), decisions
     doses = [(f["id"], seconds(f)) for f in facts if is_tocilizumab_dose(f)]
     doses += [(o, seconds(orders[o])) for o in given]
-    weight = current_weight(facts, max(seconds(f) for f in facts))
+    # the clock: the latest fact time; a record entered in error retracts, it does not move it
+    now = max(seconds(f) for f in facts if f.get("status") != "entered-in-error")
+    weight = current_weight(facts, now)
     for o in given:
         order, t = orders[o], seconds(orders[o])
         earlier = [d for i, d in doses if d < t or (same_instant and d == t and i != o)]
