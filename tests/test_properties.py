@@ -345,6 +345,21 @@ def icans_rank(evaluation: dict[str, Any]) -> int:
     return ICANS_RANK[grade]
 
 
+def assert_the_worse_course_grades_no_lower(
+    cds: engine.Engine, case: tuple[list[Any], list[Any], str]
+) -> None:
+    """The made-worse course's ICANS grade ranks at least the original's, at one clock."""
+    facts, worse, how = case
+    as_of = max(gen.max_time(facts), gen.max_time(worse))
+    before = cds.evaluate(facts, as_of=as_of)
+    after = cds.evaluate(worse, as_of=as_of)
+    assert icans_rank(after) >= icans_rank(before), (
+        how,
+        before["findings"].get("icans"),
+        after["findings"].get("icans"),
+    )
+
+
 @settings(max_examples=120, deadline=None)
 @given(case=gen.icans_course_made_worse())
 def test_a_worse_ice_score_or_other_icans_domain_never_lowers_the_icans_grade(
@@ -354,16 +369,8 @@ def test_a_worse_ice_score_or_other_icans_domain_never_lowers_the_icans_grade(
     score (or an ICE the patient cannot perform), a more depressed level of consciousness,
     a seizure, deep focal motor weakness or more cerebral oedema never lowers it. Both
     courses are evaluated at the same clock."""
-    facts, worse, how = case
-    assert normalise_all(worse)[1] == []  # every generated fact is usable
-    as_of = max(gen.max_time(facts), gen.max_time(worse))
-    before = cds.evaluate(facts, as_of=as_of)
-    after = cds.evaluate(worse, as_of=as_of)
-    assert icans_rank(after) >= icans_rank(before), (
-        how,
-        before["findings"].get("icans"),
-        after["findings"].get("icans"),
-    )
+    assert normalise_all(case[1])[1] == []  # every generated fact is usable
+    assert_the_worse_course_grades_no_lower(cds, case)
 
 
 _AWAKE = {"id": "c1", "type": "consciousness", "time": gen.at(48),
@@ -386,15 +393,7 @@ def test_a_worse_level_of_consciousness_charted_beside_another_never_lowers_the_
     """As the ICANS property above, with two levels of consciousness at one instant: of two
     equally depressed levels the one that can be graded (not sedated) is current
     (`x-worse` of consciousness), so a sedated record beside it never hides the grade."""
-    facts, worse, how = case
-    as_of = max(gen.max_time(facts), gen.max_time(worse))
-    before = cds.evaluate(facts, as_of=as_of)
-    after = cds.evaluate(worse, as_of=as_of)
-    assert icans_rank(after) >= icans_rank(before), (
-        how,
-        before["findings"].get("icans"),
-        after["findings"].get("icans"),
-    )
+    assert_the_worse_course_grades_no_lower(cds, case)
 
 
 # ---------------------------------------------------------------------------- tocilizumab
