@@ -134,21 +134,19 @@ class Engine:
             for retraction in read.retractions:
                 session.add(retraction)
             # a planned procedure is known from the first step, not at the time it is planned for
-            times = sorted({f.t for f in read.facts if not f.planned})
-            if not times and read.facts:  # nothing but planned procedures
-                times = [min(f.t for f in read.facts)]
             planned = [f for f in read.facts if f.planned]
+            times = sorted({f.t for f in read.facts if not f.planned})
+            if not times and planned:  # nothing but planned procedures
+                times = [min(f.t for f in planned)]
             for n, t in enumerate(times):
-                for fact in planned if n == 0 else ():
-                    session.add(fact)
                 start = len(session.trace)
                 last = n == len(times) - 1
                 for rejection in read.rejections:  # each at its time, if it has one
                     if rejection.t is None or rejection.t <= t or last:
                         session.add(rejection)
-                for fact in read.at(t):
-                    if not fact.planned:
-                        session.add(fact)
+                arriving = [f for f in read.at(t) if not f.planned]
+                for fact in [*planned, *arriving] if n == 0 else arriving:
+                    session.add(fact)
                 later = [f.id for f in read.facts if f.t > t and not f.planned] + [
                     r.id for r in read.rejections if r.t is not None and r.t > t and not last
                 ]

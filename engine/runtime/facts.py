@@ -102,7 +102,7 @@ class Fact:
     def planned(self) -> bool:
         """A procedure planned for its time: it may lie ahead of the clock, is never refused
         for it, and never moves the clock."""
-        return self.type == "procedure" and self.data.get("status") == "planned"
+        return is_planned(self.type, self.data)
 
     @property
     def content(self) -> str:
@@ -672,11 +672,16 @@ def _bad_character(text: str) -> str | None:
     return None
 
 
+def is_planned(fact_type: str, data: Mapping[str, object]) -> bool:
+    """A procedure planned for a time (status planned)."""
+    return fact_type == "procedure" and data.get("status") == "planned"
+
+
 def _scheduled(data: Mapping[str, object], fact_type: str) -> tuple[str, float] | None:
     """A planned procedure's time is the time it is scheduled for, when it says so (the
     rules measure washouts and windows to it); else the time it was sent with."""
     at = data.get("scheduled_for_t")
-    if fact_type != "procedure" or data.get("status") != "planned" or not isinstance(at, float):
+    if not is_planned(fact_type, data) or not isinstance(at, float):
         return None
     return iso(at), at
 

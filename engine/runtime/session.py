@@ -277,12 +277,12 @@ class Session:
         previous = self._facts.get(fact.id)
         if previous is not None and previous.content == fact.content:
             return  # sent again: the same fact
-        ahead = not fact.planned  # a planned procedure may lie ahead of the clock
-        if ahead and self._fixed_clock and self._clock is not None and fact.t > self._clock:
+        bounded = not fact.planned  # a planned procedure may lie ahead of the clock
+        if bounded and self._fixed_clock and self._clock is not None and fact.t > self._clock:
             if fact.id not in self._after:
                 self._after.append(fact.id)
             return
-        if ahead and not self._fixed_clock:
+        if bounded and not self._fixed_clock:
             limit = self.future_limit()
             if limit is not None and fact.t > limit:
                 self._reject(future_time(fact, limit, self._received - 1))
