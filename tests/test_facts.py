@@ -749,6 +749,9 @@ def schema_facts(draw: st.DrawFn) -> dict[str, Any]:
         fact[field] = draw(_values(props[field]))
     if "start" in fact and "end" in fact:
         fact["start"], fact["end"] = sorted([fact["start"], fact["end"]])
+    for field, spec in props.items():  # the date an event happened is not after its record
+        if _resolve(spec).get("x-not-after-time") and field in fact:
+            fact[field] = min(fact[field], moment.date().isoformat())
     for field in list(fact):  # a free-text name the vocabulary governs: one of its spellings
         governed = terms().governed(fact_type, field)
         if governed is not None:
