@@ -44,7 +44,7 @@ SCHEMA = json.loads((REPO / "schemas" / "evaluation.schema.json").read_text(enco
 # An epoch time in seconds between 2001 and 2033, as a number or inside a text.
 EPOCH = re.compile(r"(?<![\w.])1[0-9]{9}(\.\d+)?(?!\w)")
 # The engine's own ids: content hashes of derived, combined and anonymous facts.
-INTERNAL_ID = re.compile(r"\b[adfg]-[0-9a-f]{16}\b")
+INTERNAL_ID = re.compile(r"\b[adfg]-[0-9a-f]{16}\b|_clock@|~c\b|~n\d")
 
 
 def _scenarios() -> list[Scenario]:

@@ -28,6 +28,20 @@ from typing import TYPE_CHECKING, Any
 
 from engine.explain.summary import SummaryLine, day_label, summary_lines
 from engine.explain.whynot import WhyNot, why_not
+from engine.runtime.events import (
+    FIRINGS,
+    Cause,
+    Combined,
+    Computed,
+    Event,
+    Fired,
+    FiringEvent,
+    Resupported,
+    Superseded,
+    Withdrawn,
+    cause_json,
+    from_json,
+)
 from engine.runtime.facts import Fact, normalise, normalise_all, parse_time
 from engine.runtime.labels import Labels
 
@@ -135,8 +149,8 @@ class Withdrawal:
     location: str
     recommendations: tuple[str, ...]  # withdrawn and not recommended again
     findings: tuple[str, ...]
-    reason: str  # as recorded
-    reason_text: str  # the ids resolved to what they were
+    cause: Cause  # as recorded
+    reason_text: str  # the cause in words, with the facts and findings it names described
     live_again: tuple[str, ...]  # withdrawn here, but recommended again (by this or another rule)
 
     def as_dict(self) -> dict[str, Any]:
@@ -148,7 +162,7 @@ class Withdrawal:
             "location": self.location,
             "recommendations": list(self.recommendations),
             "findings": list(self.findings),
-            "reason": self.reason,
+            "cause": cause_json(self.cause),
             "reason_text": self.reason_text,
             "live_again": list(self.live_again),
         }
@@ -278,28 +292,27 @@ class TraceIndex:
         self.engine = engine
         self.facts = facts
         self.evaluation = evaluation
-        self.trace: list[Mapping[str, Any]] = list(evaluation.get("trace", []))
-        self.live: dict[FiringId, Mapping[str, Any]] = {}
+        self.trace: list[Event] = [from_json(r) for r in evaluation.get("trace", [])]
+        self.live: dict[FiringId, Fired | Resupported] = {}
         self.derived: dict[str, tuple[str, dict[str, Any]]] = {}  # d- id -> (name, values)
         self.superseded: dict[str, str] = {}
         for record in self.trace:
-            event = record["event"]
-            if event in ("fired", "resupported", "withdrawn"):
-                key = (str(record["branch"]), tuple(record["matched"]))
-                if event == "withdrawn":
+            if isinstance(record, FIRINGS):
+                key = (record.branch, tuple(record.matched))
+                if isinstance(record, Withdrawn):
                     self.live.pop(key, None)
                     continue
-                if event == "resupported":
-                    self.live.pop((key[0], tuple(record.get("previous", []))), None)
+                if isinstance(record, Resupported):
+                    self.live.pop((key[0], tuple(record.previous)), None)
                 self.live[key] = record
-                for out in record.get("asserted", []):
+                for out in record.asserted:
                     if "finding" in out and "id" in out:
                         values = {k: v for k, v in out.items() if k not in ("finding", "id")}
                         self.derived[str(out["id"])] = (str(out["finding"]), values)
-            elif event == "superseded" and record.get("fact") is not None:
-                self.superseded[str(record["fact"])] = str(record["by"])
+            elif isinstance(record, Superseded):
+                self.superseded[record.fact] = record.by
         # a combined finding: its id (from its `combined` record) -> (name, current value)
-        self.combined_ids = {str(r["id"]) for r in self.trace if r["event"] == "combined"}
+        self.combined_ids = {r.id for r in self.trace if isinstance(r, Combined)}
         self.combined: dict[str, tuple[str, Mapping[str, Any]]] = {}
         everything = {**evaluation.get("working", {}), **evaluation.get("findings", {})}
         for name, value in everything.items():
@@ -313,9 +326,9 @@ class TraceIndex:
         details = rec.get("details") or {}
         out = []
         for key, record in self.live.items():
-            if record["rule"] != rec["rule"]:
+            if record.rule != rec["rule"]:
                 continue
-            for o in record.get("asserted", []):
+            for o in record.asserted:
                 if o.get("recommend") != rec["code"]:
                     continue
                 got = {k: v for k, v in o.items() if k not in ("recommend", "severity")}
@@ -330,9 +343,9 @@ class TraceIndex:
             name, value = self.combined[fid]
             matches = []
             for key, record in self.live.items():
-                if record["rule"] != value.get("rule"):
+                if record.rule != value.get("rule"):
                     continue
-                for o in record.get("asserted", []):
+                for o in record.asserted:
                     if o.get("candidate") == name and all(
                         _same(value.get(k), v) for k, v in o.items() if k != "candidate"
                     ):
@@ -344,12 +357,12 @@ class TraceIndex:
             exact = sorted(k for k in matches if self.because(k) == want)
             return (exact or sorted(matches))[0]
         for key, record in self.live.items():
-            if any(o.get("id") == fid for o in record.get("asserted", [])):
+            if any(o.get("id") == fid for o in record.asserted):
                 return key
         return None
 
     def candidate_values(self, key: FiringId, name: str) -> dict[str, Any]:
-        for o in self.live[key].get("asserted", []):
+        for o in self.live[key].asserted:
             if o.get("candidate") == name:
                 return {k: v for k, v in o.items() if k != "candidate"}
         return {}
@@ -376,46 +389,42 @@ class TraceIndex:
             # without recursion through `because`: the candidate with the same values
             name, value = self.combined[fid]
             for key, record in sorted(self.live.items()):
-                if record["rule"] == value.get("rule") and any(
+                if record.rule == value.get("rule") and any(
                     o.get("candidate") == name
                     and all(_same(value.get(k), v) for k, v in o.items() if k != "candidate")
-                    for o in record.get("asserted", [])
+                    for o in record.asserted
                 ):
                     return key
             return None
         return self.finding_firing(fid)
 
-    def patterns(self, record: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    def patterns(self, record: FiringEvent) -> list[tuple[str, str, str]]:
         """(alias, kind, name) of the positive patterns, in the order of `matched`."""
-        cb = self.engine.compiled.table.get(str(record.get("branch")))
+        cb = self.engine.compiled.table.get(record.branch)
         if cb is None:
             return []
         pats = [p for p in cb.rule.branches[cb.branch] if not p.negated]
-        if len(pats) != len(record.get("matched", [])):
+        if len(pats) != len(record.matched):
             return []
         return [(p.alias, p.kind, p.name) for p in pats]
 
-    def finding_name(self, fid: str, record: Mapping[str, Any] | None = None) -> str | None:
+    def finding_name(self, fid: str, record: FiringEvent | None = None) -> str | None:
         if fid in self.derived:
             return self.derived[fid][0]
         if fid in self.combined:
             return self.combined[fid][0]
         if record is not None:
-            for mid, (_, kind, name) in zip(
-                record.get("matched", []), self.patterns(record), strict=False
-            ):
+            for mid, (_, kind, name) in zip(record.matched, self.patterns(record), strict=False):
                 if mid == fid and kind == "finding":
                     return name
         return None
 
     # -- ids in words ---------------------------------------------------------------------
 
-    def describe_id(self, mid: str, record: Mapping[str, Any] | None = None) -> str:
+    def describe_id(self, mid: str, record: FiringEvent | None = None) -> str:
         fact = self.facts.get(mid)
         if fact is not None:
             return f"fact {mid} ({describe_fact(fact)})"
-        if mid.startswith("_clock"):
-            return "the clock"
         name = self.finding_name(mid, record)
         if name is not None and mid in self.derived:
             values = _fields_text(self.derived[mid][1])
@@ -449,12 +458,10 @@ class _Builder:
 
     def rule_node(self, key: FiringId, stack: frozenset[FiringId] = frozenset()) -> Node:
         record = self.index.live[key]
-        rule_id = str(record["rule"])
+        rule_id = record.rule
         info = self.rules.get(rule_id) or rule_info(self.index.engine, rule_id)
         if info is None:  # a recorded decision from rules no longer loaded
-            info = RuleInfo(
-                rule_id, int(record["version"]), str(record["location"]), "", (), "?", ""
-            )
+            info = RuleInfo(rule_id, record.version, record.location, "", (), "?", "")
         first = rule_id not in self.rules
         self.rules.setdefault(rule_id, info)
         if key in self.shown or key in stack:
@@ -465,12 +472,12 @@ class _Builder:
         self.shown.add(key)
         node = Node("rule", rule_id, "", info, first)
         pats = self.index.patterns(record)
-        for i, mid in enumerate(record.get("matched", [])):
+        for i, mid in enumerate(record.matched):
             alias = pats[i][0] if i < len(pats) else None
             node.children.append(self.matched_node(str(mid), record, alias, stack | {key}))
         return node
 
-    def _short_id(self, mid: str, record: Mapping[str, Any]) -> str:
+    def _short_id(self, mid: str, record: FiringEvent) -> str:
         if mid in self.index.facts:
             return f"fact {mid}"
         name = self.index.finding_name(mid, record)
@@ -479,7 +486,7 @@ class _Builder:
     def matched_node(
         self,
         mid: str,
-        record: Mapping[str, Any],
+        record: FiringEvent,
         alias: str | None,
         stack: frozenset[FiringId],
     ) -> Node:
@@ -511,7 +518,7 @@ class _Builder:
                 count = sum(
                     1
                     for r in index.live.values()
-                    for o in r.get("asserted", [])
+                    for o in r.asserted
                     if o.get("candidate") == label
                 )
                 if count > 1:
@@ -546,7 +553,7 @@ def explain(
     live_codes = {str(r["code"]) for r in evaluation.get("recommendations", [])}
     gone = [
         w
-        for w in withdrawals(evaluation.get("trace", []), index, live_codes)
+        for w in withdrawals(index.trace, index, live_codes)
         if w.recommendations and (wanted is None or wanted.intersection(w.recommendations))
     ]
     return Explanation(
@@ -570,128 +577,102 @@ def _last_per_recommendation(items: Sequence[Withdrawal]) -> list[Withdrawal]:
 
 
 def withdrawals(
-    trace: Iterable[Mapping[str, Any]], index: TraceIndex, live_codes: Iterable[str] = ()
+    trace: Sequence[Event], index: TraceIndex, live_codes: Iterable[str] = ()
 ) -> list[Withdrawal]:
-    """Every `withdrawn` record of `trace`, with its reason in words."""
-    records = list(trace)
+    """Every `withdrawn` event of `trace`, with its cause in words."""
     live = set(live_codes)
     out: list[Withdrawal] = []
-    for i, record in enumerate(records):
-        if record.get("event") != "withdrawn":
+    for i, record in enumerate(trace):
+        if not isinstance(record, Withdrawn):
             continue
-        recs = tuple(str(o["recommend"]) for o in record.get("withdrawn", []) if "recommend" in o)
+        recs = tuple(str(o["recommend"]) for o in record.withdrawn if "recommend" in o)
         finds = tuple(
             str(o.get("finding") or o.get("candidate") or o.get("id"))
-            for o in record.get("withdrawn", [])
+            for o in record.withdrawn
             if "recommend" not in o
         )
-        reason = str(record.get("reason", ""))
         out.append(
             Withdrawal(
-                int(record["seq"]),
-                record.get("time"),
-                str(record["rule"]),
-                int(record["version"]),
-                str(record["location"]),
+                record.seq,
+                record.time,
+                record.rule,
+                record.version,
+                record.location,
                 tuple(code for code in recs if code not in live),
                 finds,
-                reason,
-                _reason_text(records, i, index),
+                record.cause,
+                _cause_text(trace, i, index),
                 tuple(code for code in recs if code in live),
             )
         )
     return out
 
 
-def _reason_text(
-    records: Sequence[Mapping[str, Any]], i: int, index: TraceIndex, depth: int = 0
-) -> str:
-    """A `withdrawn` record's reason in words, followed back through the records of the
-    same step to where it started (a reading superseded, a fact that blocks, the clock)."""
-    record = records[i]
-    reason = str(record.get("reason", ""))
-    if reason.startswith("blocked by "):
-        return f"blocked by {index.describe_id(reason.removeprefix('blocked by '), record)}"
-    if not reason.endswith(" is gone"):
-        return reason
-    mid = reason.removesuffix(" is gone")
-    step = _step(records, i)
-    if mid.startswith("_clock"):
-        replaced = {
-            str(r["fact"]): str(r["by"])
-            for r in (records[j] for j in step)
-            if r.get("event") == "superseded"
-        }
-        for m in record.get("matched", []):
-            if m in replaced:
-                return f"{index.describe_id(m)} was superseded by {index.describe_id(replaced[m])}"
-        return f"its time window closed (the clock moved to {record.get('time')})"
-    what = index.describe_id(mid, record)
-    if mid in index.facts:
-        by = index.superseded.get(mid)
-        if by is not None:
-            return f"{what} was superseded by {index.describe_id(by)}"
-        return f"{what} no longer holds"
-    name = index.finding_name(mid, record)
-    if mid in index.combined_ids and name is not None:
-        nxt = next(
-            (
-                r
-                for r in records[i + 1 :]
-                if r.get("event") == "combined" and r.get("finding") == name
-            ),
-            None,
-        )
-        text = (
-            f"{what} changed to ({_fields_text(nxt.get('value', {}))})"
-            if nxt is not None
-            else f"{what} no longer holds"
-        )
-        j = _candidate_cause(records, i, step, name)
-        if j is not None and depth < 8:
-            text += (
-                f", as rule {records[j]['rule']} no longer holds: "
-                f"{_reason_text(records, j, index, depth + 1)}"
-            )
-        return text
-    text = f"{what} was withdrawn"
-    j = next(
-        (
-            j
-            for j in sorted(step, key=lambda j: abs(j - i))
-            if j != i
-            and records[j].get("event") == "withdrawn"
-            and any(o.get("id") == mid for o in records[j].get("withdrawn", []))
-        ),
-        None,
-    )
-    if j is not None and depth < 8:
-        text += f", as {_reason_text(records, j, index, depth + 1)}"
+def _cause_text(trace: Sequence[Event], i: int, index: TraceIndex, depth: int = 0) -> str:
+    """A withdrawal's cause in words: what happened first (a reading superseded, a fact
+    corrected or entered in error, a fact that blocks, the clock), through the findings it
+    withdrew on the way (`via`, the nearest first)."""
+    record = trace[i]
+    assert isinstance(record, Withdrawn)
+    cause = record.cause
+    text = _root_text(trace, i, index, depth)
+    for finding in cause.via[::-1]:
+        text = f"{index.describe_id(finding, record)} was withdrawn, as {text}"
     return text
 
 
-def _step(records: Sequence[Mapping[str, Any]], i: int) -> range:
-    """The indices of the records of the same step (the same logical time) as record i."""
-    time = records[i].get("time")
+def _root_text(trace: Sequence[Event], i: int, index: TraceIndex, depth: int) -> str:
+    record = trace[i]
+    assert isinstance(record, Withdrawn)
+    cause = record.cause
+    fact, by = str(cause.fact), str(cause.by)
+    if cause.kind == "blocker_arrived":
+        return f"blocked by {index.describe_id(fact, record)}"
+    if cause.kind == "reading_superseded":
+        return f"{index.describe_id(fact)} was superseded by {index.describe_id(by)}"
+    if cause.kind == "fact_corrected":
+        return f"{index.describe_id(fact)} was corrected by {index.describe_id(by)}"
+    if cause.kind == "fact_retracted":
+        return f"{index.describe_id(fact)} was entered in error"
+    step = _step(trace, i)
+    if cause.kind == "window_passed":
+        return f"its time window closed (the clock moved to {cause.at})"
+    name = str(cause.finding)
+    nxt = next(
+        (r for r in trace[i + 1 :] if isinstance(r, Combined | Computed) and r.finding == name),
+        None,
+    )
+    text = (
+        f"finding {name} changed to ({_fields_text(nxt.value)})"
+        if nxt is not None
+        else f"finding {name} no longer holds"
+    )
+    j = _candidate_cause(trace, i, step, name)
+    if j is not None and depth < 8:
+        withdrawn = trace[j]
+        assert isinstance(withdrawn, Withdrawn)
+        text += (
+            f", as rule {withdrawn.rule} no longer holds: {_cause_text(trace, j, index, depth + 1)}"
+        )
+    return text
+
+
+def _step(trace: Sequence[Event], i: int) -> range:
+    """The indices of the events of the same step (the same logical time) as event i."""
+    time = trace[i].time
     lo = i
-    while lo > 0 and records[lo - 1].get("time") == time:
+    while lo > 0 and trace[lo - 1].time == time:
         lo -= 1
     hi = i
-    while hi + 1 < len(records) and records[hi + 1].get("time") == time:
+    while hi + 1 < len(trace) and trace[hi + 1].time == time:
         hi += 1
     return range(lo, hi + 1)
 
 
-def _candidate_cause(
-    records: Sequence[Mapping[str, Any]], i: int, step: range, name: str
-) -> int | None:
+def _candidate_cause(trace: Sequence[Event], i: int, step: range, name: str) -> int | None:
     """The withdrawal, in the same step, of the candidate that had won finding `name`."""
     winner = next(
-        (
-            records[j].get("rule")
-            for j in range(i - 1, -1, -1)
-            if records[j].get("event") == "combined" and records[j].get("finding") == name
-        ),
+        (r.rule for r in reversed(trace[:i]) if isinstance(r, Combined) and r.finding == name),
         None,
     )
     found = sorted(
@@ -699,10 +680,10 @@ def _candidate_cause(
             j
             for j in step
             if j != i
-            and records[j].get("event") == "withdrawn"
-            and any(o.get("candidate") == name for o in records[j].get("withdrawn", []))
+            and isinstance(r := trace[j], Withdrawn)
+            and any(o.get("candidate") == name for o in r.withdrawn)
         ),
-        key=lambda j: (records[j].get("rule") != winner, abs(j - i)),
+        key=lambda j: (getattr(trace[j], "rule", None) != winner, abs(j - i)),
     )
     return found[0] if found else None
 

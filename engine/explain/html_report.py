@@ -35,6 +35,7 @@ from engine.explain.explanation import (
     withdrawals,
 )
 from engine.explain.summary import day_label, summary_lines
+from engine.runtime.events import from_json
 from engine.runtime.facts import Fact, normalise_all, parse_time
 
 if TYPE_CHECKING:
@@ -249,7 +250,7 @@ def recommendation_changes(steps: Sequence[Mapping[str, Any]], index: TraceIndex
         if gone:
             reasons = {
                 (code, w.rule): w.reason_text
-                for w in withdrawals(step["trace"], index)
+                for w in withdrawals([from_json(r) for r in step["trace"]], index)
                 for code in w.recommendations
             }
             for key in gone:

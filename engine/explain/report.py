@@ -7,6 +7,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from engine.explain.summary import day_label, missing_data, show, summary_lines
+from engine.runtime.events import (
+    FIRINGS,
+    Combined,
+    Computed,
+    Corrected,
+    Rejected,
+    Superseded,
+    Withdrawn,
+    cause_text,
+    from_json,
+    kind_of,
+)
 from engine.runtime.jsontext import dumps
 
 
@@ -80,29 +92,30 @@ def recommendation_lines(recs: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def trace_lines(trace: Iterable[Mapping[str, Any]]) -> list[str]:
     lines = []
-    for t in trace:
-        event = t["event"]
-        head = f"  {t['seq']:>4} {t['time'] or '-':20} {event:11}"
-        if event in ("fired", "withdrawn", "resupported"):
-            outputs = t.get("asserted") or t.get("withdrawn") or []
+    for ev in (from_json(t) for t in trace):
+        kind = kind_of(ev)
+        head = f"  {ev.seq:>4} {ev.time or '-':20} {kind:11}"
+        if isinstance(ev, FIRINGS):
+            outputs = ev.withdrawn if isinstance(ev, Withdrawn) else ev.asserted
             what = ", ".join(
                 o.get("recommend") or o.get("finding") or o.get("candidate") or "?" for o in outputs
             )
-            line = f"{head} {t['rule']} ({t['location']}) -> {what}"
-            if event == "withdrawn":
-                line += f"  because {t['reason']}"
+            line = f"{head} {ev.rule} ({ev.location}) -> {what}"
+            if isinstance(ev, Withdrawn):
+                line += f"  because {cause_text(ev.cause)}"
             lines.append(line)
-        elif event == "combined":
-            lines.append(f"{head} {t['finding']} = {_fields(t['value'])}  [{t['rule']}]")
-        elif event == "computed":
-            lines.append(f"{head} {t['finding']} = {_fields(t['value'])}  [aggregate]")
-        elif event == "superseded":
-            lines.append(f"{head} fact {t['fact']} replaced by {t['by']}")
-        elif event == "rejected":
-            lines.append(f"{head} fact #{t['index']} ({t.get('fact')}): {t['reason']}")
-        elif event in ("corrected", "retracted"):
-            how = "corrected by" if event == "corrected" else "entered in error, retracted by"
-            lines.append(f"{head} fact {t['fact']} {how} {t['by']}")
+        elif isinstance(ev, Combined):
+            lines.append(f"{head} {ev.finding} = {_fields(ev.value)}  [{ev.rule}]")
+        elif isinstance(ev, Computed):
+            lines.append(f"{head} {ev.finding} = {_fields(ev.value)}  [aggregate]")
+        elif isinstance(ev, Superseded):
+            lines.append(f"{head} fact {ev.fact} replaced by {ev.by}")
+        elif isinstance(ev, Rejected):
+            lines.append(f"{head} fact #{ev.index} ({ev.fact}): {ev.reason}")
+        elif isinstance(ev, Corrected):
+            lines.append(f"{head} fact {ev.fact} corrected by {ev.by}")
+        else:
+            lines.append(f"{head} fact {ev.fact} entered in error, retracted by {ev.by}")
     return lines
 
 

@@ -76,7 +76,10 @@ __all__ = [
 ]
 
 GENESIS = "0" * 64  # the previous hash of record 1, and the head of the empty log
-FORMAT = 1  # of a record's content
+# Of a record's content. 2: the trace's events are typed (engine.runtime.events), a
+# withdrawal names its `cause`; 1: a withdrawal's `reason` was a sentence (read by
+# `_trace_v1`, and a replay does not compare withdrawal causes with it).
+FORMAT = 2
 _BATCH = 500  # records per read while verifying or listing
 _ENGINES = 8  # replay engines kept per log (each holds a durable-rules host)
 STORE_ENV = "CART_CDS_STORE"  # the store of `cart-cds audit` when --store is not given
@@ -172,9 +175,19 @@ class Decision:
         return value if isinstance(value, Mapping) else {}
 
     @property
+    def format(self) -> int:
+        value = self.content.get("format", 1)
+        return value if isinstance(value, int) else 1
+
+    @property
     def evaluation(self) -> Mapping[str, Any]:
+        """The recorded evaluation; its trace as the current format writes it."""
         value = self.content.get("evaluation", {})
-        return value if isinstance(value, Mapping) else {}
+        if not isinstance(value, Mapping):
+            return {}
+        if self.format < 2 and isinstance(value.get("trace"), list):
+            return {**value, "trace": [_trace_v1(t) for t in value["trace"]]}
+        return value
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -629,8 +642,11 @@ class DecisionLog:
             decision=decision,
             rules="recorded" if rules is None else str(rules),
             replayed=evaluation,
-            context=tuple(_context_changes(decision.evaluation, evaluation)),
-            differences=compare(decision.evaluation, evaluation),
+            context=(
+                *_context_changes(decision.evaluation, evaluation),
+                *([FieldChange("format", decision.format, FORMAT)] if decision.format < 2 else []),
+            ),
+            differences=compare(decision.evaluation, evaluation, causes=decision.format >= 2),
         )
 
 
@@ -1106,7 +1122,9 @@ class Replay:
         return "\n".join(lines)
 
 
-def compare(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) -> Differences:
+def compare(
+    recorded: Mapping[str, Any], replayed: Mapping[str, Any], *, causes: bool = True
+) -> Differences:
     """The differences that make two evaluations of the same facts different decisions:
     findings (field by field), recommendations (matched by code and rule), input
     problems (and so the status), the trace (in order; file:line compared without the
@@ -1124,7 +1142,7 @@ def compare(recorded: Mapping[str, Any], replayed: Mapping[str, Any]) -> Differe
     )
     j_removed, j_added = _multiset_diff(input_problems_of(recorded), input_problems_of(replayed))
     t_before, t_after = list(recorded.get("trace", [])), list(replayed.get("trace", []))
-    t_removed, t_added = _trace_diff(t_before, t_after)
+    t_removed, t_added = _trace_diff(t_before, t_after, causes)
     skip = {
         "findings",
         "working",
@@ -1274,9 +1292,10 @@ def _multiset_diff(before: Sequence[Any], after: Sequence[Any]) -> tuple[list[An
     return gone, new
 
 
-def _trace_key(entry: Mapping[str, Any]) -> str:
-    """A trace record without its sequence number, its location without the directory."""
-    plain = {k: v for k, v in entry.items() if k != "seq"}
+def _trace_key(entry: Mapping[str, Any], causes: bool) -> str:
+    """A trace record without its sequence number, its location without the directory
+    (and without a withdrawal's cause, unless `causes`)."""
+    plain = {k: v for k, v in entry.items() if k != "seq" and (causes or k != "cause")}
     location = plain.get("location")
     if isinstance(location, str):
         plain["location"] = location.rsplit("/", 1)[-1]
@@ -1284,9 +1303,9 @@ def _trace_key(entry: Mapping[str, Any]) -> str:
 
 
 def _trace_diff(
-    before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]
+    before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]], causes: bool
 ) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-    a, b = [_trace_key(t) for t in before], [_trace_key(t) for t in after]
+    a, b = [_trace_key(t, causes) for t in before], [_trace_key(t, causes) for t in after]
     if a == b:
         return [], []
     removed: list[Mapping[str, Any]] = []
@@ -1317,3 +1336,39 @@ def _short(value: Any, limit: int = 160) -> str:
 
 def _rec(r: Mapping[str, Any]) -> str:
     return f"{str(r.get('severity', '')).upper()} {r.get('code')} [{r.get('rule')}]"
+
+
+def _trace_v1(record: Any) -> Any:
+    """A trace record of format 1 as format 2 writes it: a withdrawal's `reason` (a
+    sentence) becomes the `cause` it names, as far as the sentence tells; a reading that
+    arrived after a newer one is `older`."""
+    if not isinstance(record, Mapping) or "reason" not in record:
+        return record
+    out = {k: v for k, v in record.items() if k != "reason"}
+    reason = str(record["reason"])
+    if record.get("event") == "superseded":
+        return {**out, "older": True}
+    if record.get("event") != "withdrawn":
+        return record
+    at = record.get("time")
+    cause: dict[str, Any]
+    if reason.startswith("blocked by "):
+        cause = {"kind": "blocker_arrived", "at": at, "fact": reason.removeprefix("blocked by ")}
+    elif " corrected by " in reason:
+        fact, by = reason.split(" corrected by ", 1)
+        cause = {"kind": "fact_corrected", "at": at, "fact": fact, "by": by}
+    elif reason.endswith(" entered in error"):
+        cause = {
+            "kind": "fact_retracted",
+            "at": at,
+            "fact": reason.removesuffix(" entered in error"),
+        }
+    elif reason.startswith("the aggregate ") and reason.endswith(" changed"):
+        name = reason.removeprefix("the aggregate ").removesuffix(" changed")
+        cause = {"kind": "finding_changed", "at": at, "finding": name}
+    elif reason.startswith("_clock@"):
+        cause = {"kind": "window_passed", "at": at}
+    else:  # "<fact or finding> is gone": what went, not why
+        gone = reason.removesuffix(" is gone")
+        cause = {"kind": "finding_changed", "at": at, "fact": gone, "finding": gone}
+    return {**out, "cause": cause}

@@ -20,6 +20,7 @@ from engine.language.validate import (
     read_rule_sources,
     validate_documents,
 )
+from engine.runtime.events import to_json
 from engine.runtime.facts import (
     Fact,
     Normalised,
@@ -199,7 +200,7 @@ class Engine:
             "recommendations": readable(session.recommendations(), labels),
             "input_problems": readable([p.as_dict() for p in problems], labels),
             "after_as_of": readable(later, labels),
-            "trace": readable(session.trace[trace_from:], labels),
+            "trace": readable([to_json(e) for e in session.trace[trace_from:]], labels),
         }
 
     def with_problems(

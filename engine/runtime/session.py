@@ -28,7 +28,9 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+import msgspec
 
 from engine.errors import EvaluationError
 from engine.language.compile import (
@@ -43,8 +45,10 @@ from engine.language.compile import (
 )
 from engine.language.ruleset import Collect, Conclusion, Rule
 from engine.language.texts import render
+from engine.runtime import events as ev_
 from engine.runtime._matcher import Matcher, matcher
 from engine.runtime.aggregates import Aggregates
+from engine.runtime.events import Cause, CauseKind, Event
 from engine.runtime.facts import (
     Fact,
     Normalised,
@@ -166,7 +170,8 @@ class Session:
         self._because: dict[FiringKey, frozenset[str]] = {}
         self._queue: deque[tuple[str, dict[str, Any]]] = deque()
         self._events: list[dict[str, Any]] = []
-        self.trace: list[dict[str, Any]] = []
+        self._left: dict[str, Cause] = {}  # input views that left in this step, and why
+        self.trace: list[Event] = []
         self.labels = Labels()  # readable names of the ids the engine makes (kept inside)
         self._fixed_clock = as_of is not None
         self._clock: float | None = None
@@ -302,7 +307,7 @@ class Session:
                         fact.type,
                     )
                 )
-                self._remove(fact.id, {"kind": "corrected", "fact": fact.id, "by": fact.id})
+                self._remove(fact.id, "corrected", fact.id)
             if fact.replaces is not None:
                 self._correction(fact)
             self._facts[fact.id] = fact
@@ -325,7 +330,7 @@ class Session:
             )
         )
         if old in self._facts:
-            self._remove(old, {"kind": "corrected", "fact": old, "by": fact.id})
+            self._remove(old, "corrected", fact.id)
 
     def _retraction(self, retraction: Retraction) -> None:
         target = retraction.target
@@ -344,25 +349,23 @@ class Session:
             )
         )
         if target in self._facts:
-            self._remove(target, {"kind": "retracted", "fact": target, "by": retraction.id})
+            self._remove(target, "retracted", retraction.id)
 
-    def _remove(self, fact_id: str, cause: dict[str, str]) -> None:
+    def _remove(self, fact_id: str, kind: Literal["corrected", "retracted"], by: str) -> None:
         """Take a used fact out of the evaluation (corrected or retracted): what was concluded
         from it is withdrawn; for a state fact, the newest remaining one of its kind is
         current again."""
         fact = self._facts.pop(fact_id)
         if self._aggs:
             self._aggs.removed(fact_id, fact.t)
-        self._event({"event": cause["kind"], "fact": fact_id, "by": cause["by"]})
-        reason = (
-            f"{fact_id} corrected by {cause['by']}"
-            if cause["kind"] == "corrected"
-            else f"{fact_id} entered in error"
+        self._event({"event": kind, "fact": fact_id, "by": by})
+        cause = self._cause(
+            "fact_corrected" if kind == "corrected" else "fact_retracted", fact=fact_id, by=by
         )
         for view in ("a", "c"):
             did = self._asserted_views.pop((fact_id, view), None)
             if did is not None:
-                self._retract(did, reason)
+                self._retract(did, cause)
         key = supersession_key(fact)
         if key is None:
             return
@@ -406,19 +409,14 @@ class Session:
             if _order(fact) < _order(current):
                 self._superseded[fact.id] = current_id
                 self._event(
-                    {
-                        "event": "superseded",
-                        "fact": fact.id,
-                        "by": current_id,
-                        "reason": "a newer fact of the same kind was already present",
-                    }
+                    {"event": "superseded", "fact": fact.id, "by": current_id, "older": True}
                 )
                 return
             self._superseded[current_id] = fact.id
             self._event({"event": "superseded", "fact": current_id, "by": fact.id})
             did = self._asserted_views.pop((current_id, "c"), None)
             if did is not None:
-                self._retract(did)
+                self._retract(did, self._cause("reading_superseded", fact=current_id, by=fact.id))
         self._current[full_key] = fact.id
         if "c" in views:
             self._assert_input(fact, "c")
@@ -461,7 +459,7 @@ class Session:
             return
         if self._clock_did is not None:
             old, self._clock_did = self._clock_did, None
-            self._retract(old)
+            self._retract(old, self._cause("window_passed"))
         did = f"_clock@{iso(t)}"  # named by its time, as a person reads it
         self._clock_did = self._assert(_Live(did, {"type": CLOCK_TYPE, "t": t}, "clock"))
 
@@ -484,7 +482,7 @@ class Session:
             self._aggs.added("finding", content[FINDING_FIELD], stored, content["t"], content)
         return stored
 
-    def _retract(self, did: str, reason: str | None = None) -> None:
+    def _retract(self, did: str, cause: Cause) -> None:
         """Retract a fact and, recursively, everything concluded from it."""
         live = self._live.pop(did, None)
         if live is None:
@@ -492,14 +490,16 @@ class Session:
         if self._aggs and FINDING_FIELD in live.content:
             self._aggs.removed(did, live.content["t"])
         self._m.retract_fact(self._rs, self._sid, did)
-        why = reason or f"{self._display_id(did)} is gone"
+        if live.origin == "input":
+            self._left[did] = cause
         for key in sorted(self._supports.pop(did, ())):
-            self._withdraw_firing(key, reason=why)
+            self._withdraw_firing(key, cause)
 
     # -- the agenda --------------------------------------------------------------------------
 
     def _transaction(self, step: Any) -> None:
         self._events = []
+        self._left = {}
         step()
         self._drain()
         if self.record_trace:
@@ -543,7 +543,7 @@ class Session:
                     live.rests = rests
                     return
             del self._agg_live[(name, anchor)]
-            self._retract(current, f"the aggregate {name} changed")
+            self._retract(current, self._cause("finding_changed", finding=name))
         if content is None:
             return
         did = "g-" + hashlib.sha256(_canonical([name, anchor, content]).encode()).hexdigest()[:16]
@@ -586,16 +586,19 @@ class Session:
             self._blocks.setdefault(pos, set()).add(key)
             main_key = self._matches.get(pos)
             if main_key is not None and self._firings[main_key].active:
+                blocker = ids[len(branch.positives)]
                 self._deactivate(
                     self._firings[main_key],
-                    reason=f"blocked by {self._display_id(ids[len(branch.positives)])}",
+                    self._cause("window_passed")
+                    if self._live[blocker].origin == "clock"
+                    else self._cause("blocker_arrived", fact=self._display_id(blocker)),
                 )
             return
         self._matches[pos] = key
         if not self._blocks.get(pos):
             self._activate(firing)
 
-    def _withdraw_firing(self, key: FiringKey, reason: str) -> None:
+    def _withdraw_firing(self, key: FiringKey, cause: Cause) -> None:
         firing = self._firings.pop(key, None)
         if firing is None:
             return
@@ -618,7 +621,7 @@ class Session:
         if self._matches.get(pos) == key:
             del self._matches[pos]
         if firing.active:
-            self._deactivate(firing, reason=reason)
+            self._deactivate(firing, cause)
 
     def _activate(self, firing: _Firing) -> None:
         firing.active = True
@@ -666,7 +669,7 @@ class Session:
                 asserted.append({"candidate": concl.name, **values})
         self._event({"event": "fired", "key": firing.key, "asserted": asserted})
 
-    def _deactivate(self, firing: _Firing, reason: str) -> None:
+    def _deactivate(self, firing: _Firing, cause: Cause) -> None:
         firing.active = False
         withdrawn: list[dict[str, Any]] = []
         outputs, firing.outputs = firing.outputs, []
@@ -680,7 +683,7 @@ class Session:
                     if ref in self._live
                     else {"id": ref}
                 )
-                self._retract(ref)
+                self._retract(ref, cause.through(self._display_id(ref)))
             else:
                 cands = self._candidates.get(ref, {})
                 for ck in [ck for ck in cands if ck[0] == firing.key]:
@@ -688,7 +691,7 @@ class Session:
                 self._dirty.add(ref)
                 withdrawn.append({"candidate": ref})
         self._event(
-            {"event": "withdrawn", "key": firing.key, "withdrawn": withdrawn, "reason": reason}
+            {"event": "withdrawn", "key": firing.key, "withdrawn": withdrawn, "cause": cause}
         )
 
     def _recombine(self, finding: str) -> None:
@@ -699,7 +702,7 @@ class Session:
         if best is None:
             if current is not None:
                 del self._aggregates[finding]
-                self._retract(current[1])
+                self._retract(current[1], self._cause("finding_changed", finding=finding))
             return
         cand = cands[best]
         content = {
@@ -718,7 +721,7 @@ class Session:
                 self._because.clear()
                 return
             del self._aggregates[finding]
-            self._retract(current[1])
+            self._retract(current[1], self._cause("finding_changed", finding=finding))
         did = "a-" + hashlib.sha256(_canonical([finding, content]).encode()).hexdigest()[:16]
         self._event(
             {
@@ -768,6 +771,18 @@ class Session:
 
     # -- trace -------------------------------------------------------------------------------
 
+    def _cause(
+        self,
+        kind: CauseKind,
+        *,
+        fact: str | None = None,
+        by: str | None = None,
+        finding: str | None = None,
+    ) -> Cause:
+        """A withdrawal's cause, at the logical time of the step."""
+        at = iso(self._clock) if self._clock is not None else None
+        return Cause(kind, at=at, fact=fact, by=by, finding=finding)
+
     def _event(self, event: dict[str, Any]) -> None:
         if self.record_trace:
             self._events.append(event)
@@ -778,6 +793,7 @@ class Session:
         (a clock tick, a combined finding replaced by an equal one)."""
         events = self._events
         self._events = []
+        self._attribute_windows(events)
         dropped: set[int] = set()
         resupported: dict[int, int] = {}  # index of a re-firing -> index of its withdrawal
         fired_at: dict[FiringKey, int] = {}
@@ -803,11 +819,33 @@ class Session:
         for i, ev in enumerate(events):
             if i in dropped:
                 continue
-            record = self._render(ev, len(self.trace) + 1, when)
-            if i in resupported:
-                record["event"] = "resupported"
-                record["previous"] = self._stable_ids(events[resupported[i]]["key"])
-            self.trace.append(record)
+            previous = self._stable_ids(events[resupported[i]]["key"]) if i in resupported else None
+            self.trace.append(self._render(ev, len(self.trace) + 1, when, previous))
+
+    def _attribute_windows(self, events: list[dict[str, Any]]) -> None:
+        """A fact that arrives later moves the clock before it supersedes the reading it
+        replaces: a firing the clock withdrew that also matched an input fact that left in
+        the same step was withdrawn because that fact left, not because a window closed
+        (and so was everything its withdrawal carried on to)."""
+        if not self._left:
+            return
+        roots: dict[str, Cause] = {}  # a finding the re-attributed firings withdrew -> cause
+        for ev in events:
+            cause = ev.get("cause")
+            if ev["event"] != "withdrawn" or cause is None or cause.kind != "window_passed":
+                continue
+            left = next((self._left[i] for i in ev["key"][1] if i in self._left), None)
+            if left is not None and not cause.via:
+                ev["cause"] = left
+                for out in ev["withdrawn"]:
+                    if "id" in out:
+                        roots[self._display_id(out["id"])] = left
+        for ev in events:  # an effect is noted before the withdrawal that caused it
+            cause = ev.get("cause")
+            if cause is not None and cause.kind == "window_passed" and cause.via:
+                root = roots.get(cause.via[0])
+                if root is not None:
+                    ev["cause"] = msgspec.structs.replace(root, via=cause.via)
 
     def _stable_ids(self, key: FiringKey) -> list[str]:
         return [self._display_id(i) for i in key[1] if not i.startswith("_clock@")]
@@ -823,29 +861,38 @@ class Session:
         )
         return json.dumps([ev["key"][0], names])
 
-    def _render(self, ev: dict[str, Any], seq: int, when: str | None) -> dict[str, Any]:
-        record: dict[str, Any] = {"seq": seq, "time": when, "event": ev["event"]}
-        if "key" in ev:
-            name, ids = ev["key"]
-            branch = self.compiled.table[name]
-            rule = branch.rule
-            record.update(
-                {
-                    "rule": rule.id,
-                    "version": rule.version,
-                    "location": rule.location,
-                    "branch": name,
-                    "matched": [self._display_id(i) for i in ids if not i.startswith("_clock@")],
-                }
-            )
-            if "asserted" in ev:
-                record["asserted"] = ev["asserted"]
-            if "withdrawn" in ev:
-                record["withdrawn"] = ev["withdrawn"]
-                record["reason"] = ev["reason"]
-        else:
-            record.update({k: v for k, v in ev.items() if k != "event"})
-        return record
+    def _render(
+        self, ev: dict[str, Any], seq: int, when: str | None, previous: list[str] | None
+    ) -> Event:
+        kind = ev["event"]
+        if "key" not in ev:
+            fields = {k: v for k, v in ev.items() if k != "event"}
+            cls = {
+                "combined": ev_.Combined,
+                "computed": ev_.Computed,
+                "superseded": ev_.Superseded,
+                "corrected": ev_.Corrected,
+                "retracted": ev_.Retracted,
+                "rejected": ev_.Rejected,
+            }[kind]
+            event: Event = cls(seq=seq, time=when, **fields)
+            return event
+        name, ids = ev["key"]
+        rule = self.compiled.table[name].rule
+        firing: dict[str, Any] = {
+            "seq": seq,
+            "time": when,
+            "rule": rule.id,
+            "version": rule.version,
+            "location": rule.location,
+            "branch": name,
+            "matched": [self._display_id(i) for i in ids if not i.startswith("_clock@")],
+        }
+        if kind == "withdrawn":
+            return ev_.Withdrawn(**firing, withdrawn=ev["withdrawn"], cause=ev["cause"])
+        if previous is not None:
+            return ev_.Resupported(**firing, asserted=ev["asserted"], previous=previous)
+        return ev_.Fired(**firing, asserted=ev["asserted"])
 
     def _display_id(self, did: str) -> str:
         live = self._live.get(did)
