@@ -40,7 +40,15 @@ from typing import Any
 from durable import engine as durable_engine
 
 import engine
-from engine.language.compile import CLOCK_TYPE, ID_FIELD, SENTINEL_TYPE, VIEW_FIELD, CompiledRuleset
+from engine.language.compile import (
+    CLOCK_TYPE,
+    ID_FIELD,
+    SENTINEL_TYPE,
+    SESSION_KEY,
+    VIEW_FIELD,
+    CompiledRuleset,
+)
+from engine.runtime._matcher import _NUMBER, _fraction
 from engine.runtime.facts import Fact, normalise_all, supersession_key
 
 RawFact = dict[str, Any]
@@ -368,6 +376,20 @@ class RawRun:
     observed: int  # MessageObservedException: refused as a duplicate (32-bit id hash)
 
 
+class _FractionJson:
+    """The `json` of durable-rules' Python layer, writing a number with an exponent with a
+    fraction (`1.0e-06`): its C parser refuses `1e-06` (the engine's matcher does the same)."""
+
+    loads = staticmethod(json.loads)
+
+    @staticmethod
+    def dumps(obj: Any, **kwargs: Any) -> str:
+        return _NUMBER.sub(_fraction, json.dumps(obj, **kwargs))
+
+
+durable_engine.json = _FractionJson()
+
+
 class RawDurable:
     """The compiled rules in a durable Host of their own, with no-op actions."""
 
@@ -398,11 +420,13 @@ class RawDurable:
                     ops.append((False, {"sid": sid, "id": clock_id}))
                 clock = fact.t
                 clock_id = f"_clock@{fact.t!r}"
-                ops.append((True, {"type": CLOCK_TYPE, "t": fact.t, "sid": sid, "id": clock_id}))
+                clock_fact = {"type": CLOCK_TYPE, "t": fact.t, SESSION_KEY: sid}
+                ops.append((True, {**clock_fact, "sid": sid, "id": clock_id}))
             seen = views.get(fact.type, frozenset())
             base = {
                 **fact.data,
                 "type": fact.type,
+                SESSION_KEY: sid,  # the compiled rules join a session's facts on it
                 ID_FIELD: fact.id,
                 "t": fact.t,
                 "time": fact.time,

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from durable import engine as durable_engine
 
 import engine
 from engine.errors import EvaluationError
@@ -236,34 +235,32 @@ def test_an_exception_inside_an_action_is_raised_with_the_rule_name(cds: engine.
 
 
 def test_the_matcher_never_uses_batch_asserts(cds: engine.Engine, monkeypatch: Any) -> None:
-    host = _matcher.matcher()._host
-
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("batch assert used")
 
-    monkeypatch.setattr(host, "assert_facts", refuse)
-    monkeypatch.setattr(host, "retract_facts", refuse)
+    monkeypatch.setattr(_matcher._durable, "assert_facts", refuse)
+    monkeypatch.setattr(_matcher._durable, "retract_facts", refuse)
     result = cds.evaluate([INFUSION, temp("t", "2025-05-06T08:00:00Z", 39.0)])
     assert grade(result) == 1
 
 
-def test_one_host_serves_every_engine(cds: engine.Engine, monkeypatch: Any) -> None:
-    """Each durable-rules Host starts two timer threads that never stop: one per process."""
-    cds.evaluate([INFUSION])
-    host = _matcher.matcher()._host
-    created: list[object] = []
-    original = durable_engine.Host.__init__
-
-    def counting_init(self: object, *args: Any, **kwargs: Any) -> None:
-        created.append(self)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(durable_engine.Host, "__init__", counting_init)
-    for regime in (True, False, True):
-        other = engine.load_rules(policy={"masking_includes_antipyretics": regime})
-        other.evaluate([INFUSION])
-    assert created == []
-    assert _matcher.matcher()._host is host
+def test_the_matcher_drives_the_c_module_without_durables_python_host() -> None:
+    """durable-rules' Python layer (a Host with two timer threads that never stop and race
+    with the engine's calls, JSON re-encoding, swallowed exceptions) is never loaded: in a
+    fresh process, evaluating under two rule sets leaves one thread and no durable.engine."""
+    code = (
+        "import sys, threading, engine\n"
+        "fact = {'type': 'patient', 'time': '2025-05-05', 'weight_kg': 70}\n"
+        "engine.load_rules().evaluate([fact])\n"
+        "engine.load_rules(policy={'masking_includes_antipyretics': False}).evaluate([])\n"
+        "loaded = [m in sys.modules for m in ('durable.engine', 'durable.lang')]\n"
+        "print(threading.active_count(), *loaded)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "False", "False"]
 
 
 def test_closed_sessions_free_their_matcher_slot(cds: engine.Engine) -> None:
@@ -336,13 +333,6 @@ def test_an_antipyretic_given_before_crs_onset_does_not_waive_the_fever_requirem
     # 0 (reference 4.1, December revision R-45)
     assert grade(result) == 2
     assert result["findings"]["crs"]["flag"] == "FEVER_RESOLVED_UNTREATED_EPISODE_OPEN"
-
-
-def test_the_matcher_runs_no_background_dispatch_threads(cds: engine.Engine) -> None:
-    """durable-rules' Host dispatches on timer threads that race with the engine's calls."""
-    cds.evaluate([INFUSION])
-    host = _matcher.matcher()._host
-    assert not hasattr(host, "_d_timer") and not hasattr(host, "_t_timer")
 
 
 def bundled_base_files() -> list[Path]:
@@ -513,3 +503,22 @@ def test_a_planned_procedure_lies_ahead_of_the_clock_and_its_washouts_count_to_i
     assert [(p["fact"], p["code"]) for p in refused["input_problems"]] == [
         ("ap", "IMPLAUSIBLE_TIME")
     ]
+
+
+def test_sessions_sharing_a_pool_never_join_each_others_facts(cds: engine.Engine) -> None:
+    """Every session of a rule set lives in one durable session: a session's facts join
+    only with its own (the `_k` join), and a closed session leaves nothing behind."""
+    m = _matcher.matcher()
+    fever = temp("t", "2025-05-06T08:00:00Z", 39.0)
+    with cds.session() as infused, cds.session() as not_infused:
+        infused.add(INFUSION)
+        not_infused.add(dict(fever))
+        infused.add(dict(fever))
+        assert grade(cds.evaluation(infused)) == 1
+        alone = cds.evaluation(not_infused)  # a fever without an infusion is not CRS
+        assert "crs" not in alone["findings"] or alone["findings"]["crs"]["grade"] != 1
+        assert alone == cds.evaluate([fever])
+        pool = m._pools[cds.compiled.name]
+        held = {key: len(ids) for key, ids in pool.held.items()}
+        assert len(held) >= 2 and all(n > 0 for n in held.values())
+    assert not any(pool.held.values()) and not pool.sinks

@@ -8,6 +8,10 @@ blockers is retracted, see docs/durable-rules.md): each negated pattern becomes 
 and the runtime counts blockers per match. The clock (`now`) is a fact; time windows
 are comparisons of epoch seconds.
 
+Many sessions share one durable-rules session (engine.runtime._matcher): every fact
+carries its session's key (`_k`), and every pattern after a rule's first joins on it, first
+among its joins, so the facts of one session only ever join with each other.
+
 The compiler refuses any rule set over a durable-rules capacity limit, naming the rule.
 """
 
@@ -43,6 +47,7 @@ VIEW_CODE = {"current": "c", "all": "a"}
 # The language's `id` field (our fact or finding id) lives in `_fid`: durable-rules reserves
 # `id` for its own fact identity, which differs (per view, and after a collision retry).
 ID_FIELD = "_fid"
+SESSION_KEY = "_k"  # the session a fact belongs to, in a durable session shared by many
 
 
 def _field(name: str) -> str:
@@ -142,6 +147,7 @@ def compile_ruleset(ruleset: RuleSet) -> CompiledRuleset:
                     0,
                     _numeric_fields([*positives, neg]),
                 )
+    rules = {name: _keyed(body) for name, body in rules.items()}
     problems.extend(_capacity_problems(rules, table))
     if problems:
         raise RuleSetError(problems)
@@ -154,6 +160,36 @@ def compile_ruleset(ruleset: RuleSet) -> CompiledRuleset:
     return CompiledRuleset(
         ruleset, name, rules, table, {k: frozenset(v) for k, v in views.items()}, uses_clock, tol
     )
+
+
+def _keyed(body: dict[str, Any]) -> dict[str, Any]:
+    """The rule with every pattern after the first joined on the session key, first among
+    its joins (after the constant tests)."""
+    patterns = body["all"]
+    if len(patterns) < 2:
+        return body
+    aliases = {alias for p in patterns for alias in p}
+    ((first, _),) = patterns[0].items()
+    out = [patterns[0]]
+    for pattern in patterns[1:]:
+        ((alias, expr),) = pattern.items()
+        steps = list(expr["$and"]) if set(expr) == {"$and"} else [expr]
+        consts = [st for st in steps if not _refers(st, aliases)]
+        joins = [st for st in steps if _refers(st, aliases)]
+        out.append({alias: {"$and": [*consts, {SESSION_KEY: {first: SESSION_KEY}}, *joins]}})
+    return {**body, "all": out}
+
+
+def _refers(step: Any, aliases: set[str]) -> bool:
+    """A test that refers to another pattern's fact (`{alias: field}` in it), or an
+    alternative (`$or`, which durable-rules wants after the joins)."""
+    if isinstance(step, dict):
+        if "$or" in step:
+            return True
+        return any(k in aliases or _refers(v, aliases) for k, v in step.items())
+    if isinstance(step, list):
+        return any(_refers(v, aliases) for v in step)
+    return False
 
 
 def _numeric_fields(patterns: list[Pattern]) -> tuple[tuple[str, str], ...]:
