@@ -314,7 +314,7 @@ def scenario_run(
 @click.option("--base-url", metavar="URL", help="URL clients call (default http://HOST:PORT).")
 @click.option("--insecure-dev", is_flag=True, help="No authentication: development only.")
 @click.option("--cache-size", default=128, type=click.IntRange(0), show_default=True)
-@click.option("--live-sessions", default=16, type=click.IntRange(0), show_default=True)
+@click.option("--live-sessions", default=900, type=click.IntRange(0), show_default=True)
 @click.option(
     "--max-token-lifetime",
     default=300,

@@ -80,7 +80,7 @@ from engine.host.store import (
     StoreError,
 )
 from engine.language.ruleset import Scalar
-from engine.runtime.api import Engine
+from engine.runtime.api import MAX_SESSIONS, Engine
 from engine.runtime.facts import Fact, Rejection, Retraction, normalise, parse_time
 from engine.runtime.jsontext import dumps
 from engine.runtime.problems import InputProblem
@@ -128,7 +128,7 @@ class Settings:
     max_token_lifetime: float = MAX_LIFETIME_S  # a client JWT's exp - iat, in seconds
     fhir_servers: tuple[str, ...] = ()  # FHIR base URLs the service may query (no prefetch)
     cache_size: int = 128  # evaluations kept (0: none)
-    live_sessions: int = 16  # patients with a live matcher session (0: rebuild every time)
+    live_sessions: int = 900  # patients with a live matcher session (0: rebuild every time)
     max_sessions: int = 4  # evaluations (durable-rules sessions) at once
     rules: str | None = None  # the rules directory in service (None: the bundled rules)
     policy: Mapping[str, Scalar] = field(default_factory=dict)  # overrides, kept on reload
@@ -443,13 +443,18 @@ class Evaluator:
     store: FactStore
     cache_size: int = 128
     max_sessions: int = 4
-    live_sessions: int = 16
+    live_sessions: int = 900
     _cache: OrderedDict[tuple[Any, ...], dict[str, Any]] = field(default_factory=OrderedDict)
     _live: OrderedDict[str, _Live] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _slots: threading.BoundedSemaphore = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.live_sessions + max(1, self.max_sessions) > MAX_SESSIONS:
+            raise ValueError(
+                f"{self.live_sessions} live sessions and {self.max_sessions} evaluations at "
+                f"once are over the matcher's {MAX_SESSIONS} sessions per rule set"
+            )
         self._slots = threading.BoundedSemaphore(max(1, self.max_sessions))
 
     def run(
@@ -1642,7 +1647,7 @@ def run_cli(
     base_url: str | None,
     insecure_dev: bool,
     cache_size: int,
-    live_sessions: int = 16,
+    live_sessions: int = 900,
     max_token_lifetime: float = MAX_LIFETIME_S,
     fhir_servers: Sequence[str] = (),
     rules: str | None = None,

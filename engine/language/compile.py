@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from engine.errors import Problem, RuleSetError
@@ -84,6 +84,17 @@ class CompiledRuleset:
     views: Mapping[str, frozenset[str]]  # fact type -> views some rule matches ("c", "a")
     uses_clock: bool
     tolerance: float
+    # (fact type, view) -> the names (field `name`) some rule matches in that view; a type
+    # and view absent here: a rule matches any name
+    view_names: Mapping[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+
+    def sees(self, fact_type: str, view: str, name: object) -> bool:
+        """Whether some rule can match a fact of this type and `name` in `view`: the
+        matcher is sent nothing else."""
+        if view not in self.views.get(fact_type, ()):
+            return False
+        names = self.view_names.get((fact_type, view))
+        return names is None or name in names
 
     @property
     def digest(self) -> str:
@@ -104,6 +115,7 @@ def compile_ruleset(ruleset: RuleSet) -> CompiledRuleset:
     }
     table: dict[str, CompiledBranch] = {}
     views: dict[str, set[str]] = defaultdict(set)
+    names: dict[tuple[str, str], set[str] | None] = {}
     problems: list[Problem] = []
     uses_clock = False
     for rule in ruleset.rules:
@@ -117,6 +129,7 @@ def compile_ruleset(ruleset: RuleSet) -> CompiledRuleset:
             for p in branch:
                 if p.kind == "fact":
                     views[p.name].add(VIEW_CODE[p.view])
+                    _note_names(names, (p.name, VIEW_CODE[p.view]), p)
             all_, aliases = _patterns(positives, tol)
             rules[name] = {"all": all_, "pri": pri}
             uses_clock = uses_clock or CLOCK in aliases
@@ -158,8 +171,33 @@ def compile_ruleset(ruleset: RuleSet) -> CompiledRuleset:
     )
     name = f"{ruleset.name}@{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     return CompiledRuleset(
-        ruleset, name, rules, table, {k: frozenset(v) for k, v in views.items()}, uses_clock, tol
+        ruleset,
+        name,
+        rules,
+        table,
+        {k: frozenset(v) for k, v in views.items()},
+        uses_clock,
+        tol,
+        {k: frozenset(v) for k, v in names.items() if v is not None},
     )
+
+
+def _note_names(
+    names: dict[tuple[str, str], set[str] | None], key: tuple[str, str], pattern: Pattern
+) -> None:
+    """Add the names a fact pattern admits (its `name` equality or `in` list) to those of
+    its type and view; None once some pattern admits any name."""
+    admitted: set[str] | None = None
+    for t in pattern.tests:
+        if t.field != "name":
+            continue
+        if t.op == "eq" and isinstance(t.operand, Const) and isinstance(t.operand.value, str):
+            admitted = {t.operand.value}
+        elif t.op == "in" and isinstance(t.operand, tuple):
+            admitted = {str(v) for v in t.operand}
+    if key in names and names[key] is None:
+        return
+    names[key] = None if admitted is None else {*(names.get(key) or set()), *admitted}
 
 
 def _keyed(body: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from engine.language.validate import (
     read_rule_sources,
     validate_documents,
 )
-from engine.runtime.events import to_json
+from engine.runtime._matcher import MAX_SESSIONS
 from engine.runtime.facts import (
     Fact,
     Normalised,
@@ -200,7 +200,7 @@ class Engine:
             "recommendations": readable(session.recommendations(), labels),
             "input_problems": readable([p.as_dict() for p in problems], labels),
             "after_as_of": readable(later, labels),
-            "trace": readable([to_json(e) for e in session.trace[trace_from:]], labels),
+            "trace": readable(session.trace.records(trace_from), labels),
         }
 
     def with_problems(
@@ -329,4 +329,4 @@ def check_evaluation(evaluation: Mapping[str, Any]) -> None:
     evaluation_validator().validate(evaluation)
 
 
-__all__ = ["Engine", "Rejection", "Session", "check_evaluation", "load_rules"]
+__all__ = ["MAX_SESSIONS", "Engine", "Rejection", "Session", "check_evaluation", "load_rules"]

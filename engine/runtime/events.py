@@ -24,6 +24,8 @@ input fact by the id the host sent, a concluded finding by its name and time.
 
 from __future__ import annotations
 
+import bisect
+import zlib
 from collections.abc import Mapping
 from typing import Any, Literal, TypeAlias, get_args
 
@@ -44,6 +46,7 @@ __all__ = [
     "Resupported",
     "Retracted",
     "Superseded",
+    "TraceLog",
     "Withdrawn",
     "cause_json",
     "cause_text",
@@ -185,6 +188,38 @@ def to_json(event: Event) -> dict[str, Any]:
     """The record of an event in an evaluation's `trace`."""
     out: dict[str, Any] = msgspec.to_builtins(event)
     return out
+
+
+_packer = msgspec.msgpack.Encoder()
+_unpacker = msgspec.msgpack.Decoder()
+
+
+class TraceLog:
+    """A session's events, kept compact: each step's events packed together (MessagePack)
+    and compressed (zlib), a small fraction of the memory of the objects. `records`
+    gives them back as `to_json` writes them."""
+
+    def __init__(self) -> None:
+        self._steps: list[bytes] = []
+        self._ends: list[int] = []  # the number of events up to and including each step
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def add_step(self, events: list[Event]) -> None:
+        if events:
+            self._steps.append(zlib.compress(_packer.encode(events), 1))
+            self._ends.append(len(self) + len(events))
+
+    def records(self, start: int = 0) -> list[dict[str, Any]]:
+        """The records of the events from index `start` (0-based) on."""
+        first = bisect.bisect_right(self._ends, start)
+        out: list[dict[str, Any]] = []
+        for i in range(first, len(self._steps)):
+            events: list[dict[str, Any]] = _unpacker.decode(zlib.decompress(self._steps[i]))
+            begin = self._ends[i - 1] if i else 0
+            out.extend(events[max(0, start - begin) :])
+        return out
 
 
 def cause_json(cause: Cause) -> dict[str, Any]:

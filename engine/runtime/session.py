@@ -48,7 +48,7 @@ from engine.language.texts import render
 from engine.runtime import events as ev_
 from engine.runtime._matcher import Matcher, matcher
 from engine.runtime.aggregates import Aggregates
-from engine.runtime.events import Cause, CauseKind, Event
+from engine.runtime.events import Cause, CauseKind, Event, TraceLog
 from engine.runtime.facts import (
     Fact,
     Normalised,
@@ -171,7 +171,7 @@ class Session:
         self._queue: deque[tuple[str, dict[str, Any]]] = deque()
         self._events: list[dict[str, Any]] = []
         self._left: dict[str, Cause] = {}  # input views that left in this step, and why
-        self.trace: list[Event] = []
+        self.trace = TraceLog()
         self.labels = Labels()  # readable names of the ids the engine makes (kept inside)
         self._fixed_clock = as_of is not None
         self._clock: float | None = None
@@ -382,7 +382,7 @@ class Session:
             for other in members - {best.id}:
                 self._superseded[other] = best.id
             self._current[full_key] = best.id
-            if "c" in self.compiled.views.get(best.type, frozenset()):
+            if self.compiled.sees(best.type, "c", best.data.get("name")):
                 self._assert_input(best, "c")
 
     def _insert(self, fact: Fact) -> None:
@@ -394,8 +394,8 @@ class Session:
         moves = not self._fixed_clock and not fact.planned
         if moves and (self._clock is None or fact.t > self._clock):
             self._set_clock(fact.t)
-        views = self.compiled.views.get(fact.type, frozenset())
-        if "a" in views:
+        name = fact.data.get("name")
+        if self.compiled.sees(fact.type, "a", name):
             self._assert_input(fact, "a")
         key = supersession_key(fact)
         if key is None:
@@ -418,7 +418,7 @@ class Session:
             if did is not None:
                 self._retract(did, self._cause("reading_superseded", fact=current_id, by=fact.id))
         self._current[full_key] = fact.id
-        if "c" in views:
+        if self.compiled.sees(fact.type, "c", name):
             self._assert_input(fact, "c")
 
     def _conflict(self, fact: Fact, other: Fact) -> None:
@@ -816,11 +816,13 @@ class Session:
                 else:
                     fired_at[ev["key"]] = i
         when = iso(self._clock) if self._clock is not None else None
+        step: list[Event] = []
         for i, ev in enumerate(events):
             if i in dropped:
                 continue
             previous = self._stable_ids(events[resupported[i]]["key"]) if i in resupported else None
-            self.trace.append(self._render(ev, len(self.trace) + 1, when, previous))
+            step.append(self._render(ev, len(self.trace) + len(step) + 1, when, previous))
+        self.trace.add_step(step)
 
     def _attribute_windows(self, events: list[dict[str, Any]]) -> None:
         """A fact that arrives later moves the clock before it supersedes the reading it
