@@ -27,7 +27,7 @@ def numbers(value: object) -> list[float]:
 
 
 @pytest.mark.slow
-def test_bench_run_quick_writes_every_key_with_positive_numbers(tmp_path: Path) -> None:
+def test_bench_run_quick_writes_every_key_with_a_number(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--json", str(out)],
@@ -37,9 +37,10 @@ def test_bench_run_quick_writes_every_key_with_positive_numbers(tmp_path: Path) 
     assert "ratio engine / raw" in done.stdout
     result = json.loads(out.read_text(encoding="utf-8"))
     assert set(result) >= KEYS
-    for key in KEYS:
+    for key in KEYS:  # an empty live session may cost no memory at all
         found = numbers(result[key])
-        assert found and all(n > 0 for n in found), (key, result[key])
+        low = 0 if key == "rss_kb_per_session" else 1e-12
+        assert found and all(n >= low for n in found), (key, result[key])
     assert set(result["history_ms"]["50"]) == {"p50", "p99"}
     assert set(result["cohort_s"]) == {"1", "2"} == set(result["patients_per_s"])
     assert set(result["rss_kb_per_session"]) == {"0", "100"}
