@@ -244,6 +244,16 @@ def test_the_matcher_never_uses_batch_asserts(cds: engine.Engine, monkeypatch: A
     assert grade(result) == 1
 
 
+def python(code: str) -> str:
+    """The standard output of `code` run in a fresh interpreter (a crash fails the test,
+    not the suite); it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_the_matcher_drives_the_c_module_without_durables_python_host() -> None:
     """durable-rules' Python layer (a Host with two timer threads that never stop and race
     with the engine's calls, JSON re-encoding, swallowed exceptions) is never loaded: in a
@@ -256,11 +266,7 @@ def test_the_matcher_drives_the_c_module_without_durables_python_host() -> None:
         "loaded = [m in sys.modules for m in ('durable.engine', 'durable.lang')]\n"
         "print(threading.active_count(), *loaded)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["1", "False", "False"]
+    assert python(code).split() == ["1", "False", "False"]
 
 
 def test_closed_sessions_free_their_matcher_slot(cds: engine.Engine) -> None:
@@ -296,11 +302,7 @@ def test_closing_sessions_in_which_no_rule_fired_does_not_crash_the_process() ->
         "    cds.evaluate([{'type': 'caregiver', 'time': '2025-05-05', 'available': True}])\n"
         "print('ok')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert python(code).strip() == "ok"
 
 
 def test_an_antipyretic_given_before_crs_onset_does_not_waive_the_fever_requirement(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_runtime import INFUSION, temp
 
 import engine
 from engine.host.audit import FORMAT, Decision, open_log
@@ -25,19 +26,6 @@ from engine.runtime.events import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-INFUSION = {
-    "id": "inf",
-    "type": "procedure",
-    "time": "2025-05-05T10:00:00Z",
-    "name": "car_t_infusion",
-    "product": "axi-cel",
-    "status": "done",
-}
-
-
-def temp(fid: str, time: str, value: float, **extra: Any) -> dict[str, Any]:
-    return {"id": fid, "type": "observation", "time": time, "code": "8310-5", "value": value,
-            "unit": "Cel", **extra}  # fmt: skip
 
 
 def one_by_one(cds: engine.Engine, facts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -129,7 +117,7 @@ def test_a_corrected_fever_withdraws_the_grade_naming_the_correction(cds: engine
     facts = [
         INFUSION,
         temp("t1", "2025-05-06T08:00:00Z", 38.9),
-        temp("t1b", "2025-05-06T08:00:00Z", 36.9, replaces="t1"),
+        {**temp("t1b", "2025-05-06T08:00:00Z", 36.9), "replaces": "t1"},
     ]
     (cause,) = causes(one_by_one(cds, facts), "crs.fever")
     assert (cause.kind, cause.fact, cause.by) == ("fact_corrected", "t1", "t1b")
