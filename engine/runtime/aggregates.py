@@ -89,6 +89,14 @@ class Aggregates:
 
     def __init__(self, specs: Mapping[str, Aggregate], tolerance: float) -> None:
         self._states = {name: _State(spec) for name, spec in sorted(specs.items())}
+        # (kind, name) of a fact or finding -> the aggregates it may be a member or anchor of
+        self._by_kind: dict[tuple[str, str], list[_State]] = {}
+        for state in self._states.values():
+            for pattern in (state.spec.of, state.spec.anchor):
+                if pattern is not None:
+                    states = self._by_kind.setdefault((pattern.kind, pattern.name), [])
+                    if all(other is not state for other in states):
+                        states.append(state)
         self._tol = tolerance
         self._clock: float | None = None
         for state in self._states.values():
@@ -101,7 +109,7 @@ class Aggregates:
     # -- changes -------------------------------------------------------------------------------
 
     def added(self, kind: str, name: str, ident: str, t: float, content: Mapping[str, Any]) -> None:
-        for state in self._states.values():
+        for state in self._by_kind.get((kind, name), ()):
             spec = state.spec
             if matches(spec.of, kind, name, content, self._tol):
                 bisect.insort(state.members, (t, ident))

@@ -939,14 +939,13 @@ class Session:
 
     def findings(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        instances: dict[str, list[_Live]] = {}  # finding name -> its concluded instances
+        for live in self._live.values():
+            if live.origin in ("derived", "computed"):
+                instances.setdefault(str(live.content.get(FINDING_FIELD)), []).append(live)
         for name, decl in sorted(self.compiled.ruleset.findings.items()):
             if decl.combine == "all":
-                items = [
-                    self._finding_value(live)
-                    for live in self._live.values()
-                    if live.origin in ("derived", "computed")
-                    and live.content.get(FINDING_FIELD) == name
-                ]
+                items = [self._finding_value(live) for live in instances.get(name, ())]
                 if items:
                     out[name] = sorted(items, key=lambda v: (v["since"], v["id"]))
             elif name in self._aggregates:

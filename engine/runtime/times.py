@@ -4,6 +4,7 @@ infusion day. The wall clock is never read."""
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from datetime import UTC, date, datetime, timedelta, timezone
 
@@ -26,8 +27,9 @@ def has_offset(value: str) -> bool:
     return match is None or match["h"] is None or match["tz"] is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def iso(t: float) -> str:
-    """Epoch seconds -> ISO 8601 in UTC with Z."""
+    """Epoch seconds -> ISO 8601 in UTC with Z (the same few times are written often)."""
     stamp = datetime.fromtimestamp(t, tz=UTC)
     text = stamp.strftime("%Y-%m-%dT%H:%M:%S")
     if stamp.microsecond:
