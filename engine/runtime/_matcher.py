@@ -229,6 +229,10 @@ class Matcher:
                     sink(rule, matched)
                 except Exception as exc:  # raised by _call, once the C state is settled
                     failed = (rule, exc)
+            # durable's own action protocol, step for step: the session state is written back
+            # before the action completes (its Python layer does; deleting a state whose
+            # action context was never written is what crashes delete_state)
+            _durable.update_state(pool.handle, started[0])
             message = _durable.complete_and_start_action(pool.handle, state)
         return failed
 
