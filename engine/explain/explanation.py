@@ -39,8 +39,8 @@ from engine.runtime.events import (
     Resupported,
     Superseded,
     Withdrawn,
-    cause_json,
     from_json,
+    to_json,
 )
 from engine.runtime.facts import Fact, normalise, normalise_all, parse_time
 from engine.runtime.labels import Labels
@@ -162,7 +162,7 @@ class Withdrawal:
             "location": self.location,
             "recommendations": list(self.recommendations),
             "findings": list(self.findings),
-            "cause": cause_json(self.cause),
+            "cause": to_json(self.cause),
             "reason_text": self.reason_text,
             "live_again": list(self.live_again),
         }

@@ -33,6 +33,7 @@ import msgspec
 
 __all__ = [
     "CAUSES",
+    "EVENTS",
     "FIRINGS",
     "Cause",
     "CauseKind",
@@ -48,7 +49,6 @@ __all__ = [
     "Superseded",
     "TraceLog",
     "Withdrawn",
-    "cause_json",
     "cause_text",
     "from_json",
     "kind_of",
@@ -182,11 +182,13 @@ Event: TypeAlias = (
 )
 FIRINGS = (Fired, Resupported, Withdrawn)
 FiringEvent: TypeAlias = Fired | Resupported | Withdrawn
+# each event class by its kind, as its record's `event` names it
+EVENTS: dict[str, type[Any]] = {cls.__struct_config__.tag: cls for cls in get_args(Event)}
 
 
-def to_json(event: Event) -> dict[str, Any]:
-    """The record of an event in an evaluation's `trace`."""
-    out: dict[str, Any] = msgspec.to_builtins(event)
+def to_json(value: Event | Cause) -> dict[str, Any]:
+    """The record of an event in an evaluation's `trace`, or a withdrawal's `cause`."""
+    out: dict[str, Any] = msgspec.to_builtins(value)
     return out
 
 
@@ -220,12 +222,6 @@ class TraceLog:
             begin = self._ends[i - 1] if i else 0
             out.extend(events[max(0, start - begin) :])
         return out
-
-
-def cause_json(cause: Cause) -> dict[str, Any]:
-    """A cause as its record's `cause` writes it."""
-    out: dict[str, Any] = msgspec.to_builtins(cause)
-    return out
 
 
 def from_json(record: Mapping[str, Any]) -> Event:

@@ -45,10 +45,18 @@ from engine.language.compile import (
 )
 from engine.language.ruleset import Collect, Conclusion, Rule
 from engine.language.texts import render
-from engine.runtime import events as ev_
 from engine.runtime._matcher import Matcher, matcher
 from engine.runtime.aggregates import Aggregates
-from engine.runtime.events import Cause, CauseKind, Event, TraceLog
+from engine.runtime.events import (
+    EVENTS,
+    Cause,
+    CauseKind,
+    Event,
+    Fired,
+    Resupported,
+    TraceLog,
+    Withdrawn,
+)
 from engine.runtime.facts import (
     Fact,
     Normalised,
@@ -869,15 +877,7 @@ class Session:
         kind = ev["event"]
         if "key" not in ev:
             fields = {k: v for k, v in ev.items() if k != "event"}
-            cls = {
-                "combined": ev_.Combined,
-                "computed": ev_.Computed,
-                "superseded": ev_.Superseded,
-                "corrected": ev_.Corrected,
-                "retracted": ev_.Retracted,
-                "rejected": ev_.Rejected,
-            }[kind]
-            event: Event = cls(seq=seq, time=when, **fields)
+            event: Event = EVENTS[kind](seq=seq, time=when, **fields)
             return event
         name, ids = ev["key"]
         rule = self.compiled.table[name].rule
@@ -891,10 +891,10 @@ class Session:
             "matched": [self._display_id(i) for i in ids if not i.startswith("_clock@")],
         }
         if kind == "withdrawn":
-            return ev_.Withdrawn(**firing, withdrawn=ev["withdrawn"], cause=ev["cause"])
+            return Withdrawn(**firing, withdrawn=ev["withdrawn"], cause=ev["cause"])
         if previous is not None:
-            return ev_.Resupported(**firing, asserted=ev["asserted"], previous=previous)
-        return ev_.Fired(**firing, asserted=ev["asserted"])
+            return Resupported(**firing, asserted=ev["asserted"], previous=previous)
+        return Fired(**firing, asserted=ev["asserted"])
 
     def _display_id(self, did: str) -> str:
         live = self._live.get(did)
