@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 import engine
+from engine.language.compile import compile_ruleset
+from engine.language.terms import observation_terms, type_defs
 from engine.runtime.facts import Fact, Retraction, normalise
 
 T = "2025-05-06T10:00:00Z"
@@ -88,3 +90,62 @@ def test_a_t_cell_malignancy_after_the_infusion_is_reported_to_the_manufacturer(
     assert "REPORT_T_CELL_MALIGNANCY_TO_MANUFACTURER" not in {
         r["code"] for r in result["recommendations"]
     }
+
+
+def _unread_observations(cds: engine.Engine) -> list[str]:
+    compiled = compile_ruleset(cds.ruleset)
+    return sorted(
+        name
+        for name in observation_terms().entries
+        if not any(compiled.sees("observation", view, name) for view in ("a", "c"))
+    )
+
+
+def test_every_fact_type_of_the_schema_is_read_by_some_rule_or_aggregate(
+    cds: engine.Engine,
+) -> None:
+    """A type the reader accepts and no rule reads was a statement the engine dropped
+    (a treatment-naive history was accepted and changed nothing)."""
+    compiled = compile_ruleset(cds.ruleset)
+    aggregated = {
+        pattern.name
+        for spec in cds.ruleset.aggregates.values()
+        for pattern in (spec.of, spec.anchor)
+        if pattern is not None and pattern.kind == "fact"
+    }
+    unread = [t for t in type_defs() if t not in compiled.views and t not in aggregated]
+    assert unread == []
+
+
+def test_a_fact_no_rule_reads_is_named_not_used_and_changes_nothing_but_its_time(
+    cds: engine.Engine,
+) -> None:
+    names = _unread_observations(cds)
+    assert "heart_rate" in names  # the vocabulary maps more vitals than the rules read
+    fever = {"id": "fever", "type": "observation", "name": "temperature", "value": 38.6,
+             "unit": "Cel", "time": "2025-05-06T09:00:00Z"}  # fmt: skip
+    for name in names:
+        entry = observation_terms().entries[name]
+        value: object = "no growth" if entry["value_type"] == "string" else 50
+        unread = {"id": "x", "type": "observation", "name": name, "value": value,
+                  "time": "2025-05-06T10:00:00Z"}  # fmt: skip
+        if entry["unit"]:
+            unread["unit"] = entry["unit"]
+        with_it = cds.evaluate([INFUSION, fever, unread])
+        without = cds.evaluate([INFUSION, fever], as_of="2025-05-06T10:00:00Z")
+        assert with_it["status"] == "complete", name
+        assert [(p["fact"], p["code"]) for p in with_it["input_problems"]] == [("x", "NOT_USED")]
+        assert with_it["findings"] == without["findings"], name
+        assert with_it["recommendations"] == without["recommendations"], name
+
+
+def test_a_treatment_naive_history_decides_eligibility() -> None:
+    """Reference 1.5: no prior systemic line, no labelled pathway (S06-S08)."""
+    cds = engine.load_rules(None)
+    facts = [
+        {"type": "diagnosis", "histology": "DLBCL_NOS", "cns": "none", "time": "2025-03-01"},
+        {"type": "treatment_history", "prior_systemic_lines": 0, "time": "2025-03-01"},
+    ]
+    eligibility = cds.evaluate(facts)["findings"]["eligibility"]
+    assert eligibility["decision"] == "INELIGIBLE"
+    assert "line_of_therapy" not in eligibility["needs_data"]

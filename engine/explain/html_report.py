@@ -34,7 +34,7 @@ from engine.explain.explanation import (
     rule_info,
     withdrawals,
 )
-from engine.explain.summary import day_label, summary_lines
+from engine.explain.summary import completeness, day_label, summary_lines
 from engine.runtime.events import from_json
 from engine.runtime.facts import Fact, normalise_all, parse_time
 
@@ -611,11 +611,7 @@ def render_html(
         f"</td><td>{_e(line.text)}</td></tr>"
         for line in summary_lines(final)
     ] or ["<tr><td>no decision yet</td></tr>"]
-    status = (
-        "incomplete: facts could not be used (see Input); the decisions they touch are degraded"
-        if final.get("status") == "incomplete"
-        else "complete: every fact was used"
-    )
+    status = completeness(final)
     body = f"""<!DOCTYPE html>
 <html lang="en">
 <head>

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from engine.explain.summary import day_label, missing_data, show, summary_lines
+from engine.explain.summary import completeness, day_label, missing_data, show, summary_lines
 from engine.runtime.events import (
     FIRINGS,
     Combined,
@@ -67,14 +67,7 @@ def problem_lines(problems: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def status_line(ev: Mapping[str, Any]) -> str:
-    errors = [p for p in ev.get("input_problems") or [] if p["severity"] == "error"]
-    if not errors:
-        return "status: complete (every fact was used)"
-    facts = sorted({p["fact"] for p in errors})
-    return (
-        f"status: INCOMPLETE: {len(facts)} fact(s) could not be used ({', '.join(facts)}); "
-        "the decisions they touch are degraded: verify"
-    )
+    return f"status: {completeness(ev)}"
 
 
 def recommendation_lines(recs: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -288,3 +288,22 @@ def headline(evaluation: Mapping[str, Any]) -> str:
     if evaluation.get("status") == "incomplete":
         text = "INCOMPLETE: " + (text or "facts could not be used")
     return text or "nothing to report yet"
+
+
+def completeness(evaluation: Mapping[str, Any]) -> str:
+    """Whether every fact was used, in one sentence: the facts that could not be used (the
+    evaluation is incomplete), else those understood and read by no rule, else none."""
+    problems = evaluation.get("input_problems") or []
+    errors = sorted({p["fact"] for p in problems if p["severity"] == "error"})
+    if errors:
+        return (
+            f"INCOMPLETE: {len(errors)} fact(s) could not be used ({', '.join(errors)}); "
+            "the decisions they touch are degraded: verify"
+        )
+    unused = sorted({p["fact"] for p in problems if p["code"] == "NOT_USED"})
+    if unused:
+        return (
+            f"complete; {len(unused)} fact(s) understood and not used ({', '.join(unused)}): "
+            "see the input problems"
+        )
+    return "complete (every fact was used)"

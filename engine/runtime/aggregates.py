@@ -108,16 +108,21 @@ class Aggregates:
 
     # -- changes -------------------------------------------------------------------------------
 
-    def added(self, kind: str, name: str, ident: str, t: float, content: Mapping[str, Any]) -> None:
+    def added(self, kind: str, name: str, ident: str, t: float, content: Mapping[str, Any]) -> bool:
+        """Take in a fact or finding; whether some aggregate counts it or is anchored on it."""
+        read = False
         for state in self._by_kind.get((kind, name), ()):
             spec = state.spec
             if matches(spec.of, kind, name, content, self._tol):
                 bisect.insort(state.members, (t, ident))
                 state.values[ident] = _get(content, spec.field) if spec.field else None
                 self._mark(state, t)
+                read = True
             if spec.anchor is not None and matches(spec.anchor, kind, name, content, self._tol):
                 bisect.insort(state.anchors, (t, ident))
                 state.dirty.add(ident)
+                read = True
+        return read
 
     def removed(self, ident: str, t: float) -> None:
         for state in self._states.values():

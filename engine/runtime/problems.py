@@ -38,7 +38,7 @@ CODES: dict[str, Severity] = {
     "SUPERSEDED_BY_CORRECTION": "warning",  # this version was replaced by a later one
     "RETRACTED": "warning",  # entered in error: removed from the evaluation
     "PRELIMINARY": "warning",  # a preliminary result, used until a final one arrives
-    "NOT_USED": "warning",  # understood and deliberately not used (cancelled, not done)
+    "NOT_USED": "warning",  # understood and not used (cancelled, or read by no rule)
     "IDENTIFIED_BY_NAME": "warning",  # a code the vocabulary lacks; its name identified it
     "TIME_WITHOUT_OFFSET": "warning",  # a date-time without an offset, read as UTC
 }

@@ -396,15 +396,18 @@ class Session:
     def _insert(self, fact: Fact) -> None:
         if self.patient is None and fact.patient is not None:
             self.patient = fact.patient
+        read = False
         if self._aggs:
             content = {**fact.data, "t": fact.t, "time": fact.time, "id": fact.id}
-            self._aggs.added("fact", fact.type, fact.id, fact.t, content)
+            read = self._aggs.added("fact", fact.type, fact.id, fact.t, content)
         moves = not self._fixed_clock and not fact.planned
         if moves and (self._clock is None or fact.t > self._clock):
             self._set_clock(fact.t)
         name = fact.data.get("name")
         if self.compiled.sees(fact.type, "a", name):
             self._assert_input(fact, "a")
+        elif not read and not self.compiled.sees(fact.type, "c", name):
+            self._unread(fact, name)
         key = supersession_key(fact)
         if key is None:
             return
@@ -428,6 +431,19 @@ class Session:
         self._current[full_key] = fact.id
         if self.compiled.sees(fact.type, "c", name):
             self._assert_input(fact, "c")
+
+    def _unread(self, fact: Fact, name: object) -> None:
+        """A fact understood but read by no rule of this rule set: said, never silently kept."""
+        what = fact.type if name is None else f"{fact.type} {name}"
+        self._problem(
+            InputProblem(
+                fact.id,
+                "NOT_USED",
+                f"{what}: no rule of this rule set reads it; kept, and only its time counted",
+                affects=fact.type,
+                about=name if isinstance(name, str) else None,
+            )
+        )
 
     def _conflict(self, fact: Fact, other: Fact) -> None:
         """Two different values of one kind at the same instant: the worse one is current."""
