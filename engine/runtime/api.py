@@ -182,7 +182,7 @@ class Engine:
         findings = {n: v for n, v in everything.items() if n in public}
         working = {n: v for n, v in everything.items() if n not in public}
         later = list(after_as_of) if after_as_of is not None else session.after_as_of()
-        labels = session.labels
+        labels = session.labels.shown()
         return {
             "patient": session.patient,
             "as_of": now,

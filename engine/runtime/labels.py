@@ -93,15 +93,50 @@ class Labels:
             return text
         return INTERNAL_ID.sub(lambda m: self.name(m.group(0)), text)
 
+    def shown(self) -> Shown:
+        """A renderer for one output: the names as they are now, each string written once."""
+        return Shown(self)
 
-def readable(value: Any, labels: Labels) -> Any:
+
+class Shown:
+    """The strings of one output with the engine's ids named (`Labels.text`), each distinct
+    string rendered once: the names cannot change while one output is written."""
+
+    def __init__(self, labels: Labels) -> None:
+        self._labels = labels
+        self._done: dict[str, str] = {}
+
+    def text(self, text: str) -> str:
+        done = self._done.get(text)
+        if done is None:
+            done = self._done[text] = self._labels.text(text)
+        return done
+
+
+def readable(value: Any, labels: Labels | Shown) -> Any:
     """A JSON value as it leaves the engine: engine-made ids in its strings replaced by
     their names, and the epoch seconds of a `*_t` field written as an ISO time."""
+    kind = type(value)
+    if kind is str:
+        return labels.text(value)
+    if kind is list:  # the common shapes first, without a call per item
+        return [labels.text(v) if type(v) is str else readable(v, labels) for v in value]
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            vkind = type(v)
+            if vkind is str:
+                out[k] = labels.text(v)
+            elif vkind is int or vkind is float:
+                out[k] = _time(v) if k.endswith("_t") else v
+            else:
+                out[k] = readable(v, labels)
+        return out
     if isinstance(value, str):
         return labels.text(value)
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [readable(v, labels) for v in value]
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {
             k: _time(v)
             if k.endswith("_t") and isinstance(v, int | float) and not isinstance(v, bool)
