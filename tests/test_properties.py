@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -721,11 +721,25 @@ def test_every_evaluation_validates_against_the_evaluation_schema(
 # ------------------------------------------------ phases agree on a shared concept (item 4)
 
 _VALUESETS = yaml.safe_load((REPO / "rules" / "valuesets-eligibility.yaml").read_text("utf-8"))
+_LD_VALUESETS = yaml.safe_load(
+    (REPO / "rules" / "valuesets-lymphodepletion.yaml").read_text("utf-8")
+)
 INFECTIONS = tuple(_VALUESETS["valuesets"]["active_infection_conditions"]["values"])
 GVHD = tuple(_VALUESETS["valuesets"]["gvhd_conditions"]["values"])
-# the shared concept's reason code in every phase, and what "not proceeding" is in each
-SHARED = {"ACTIVE_INFECTION": INFECTIONS, "ACTIVE_GVHD": GVHD}
+INFLAMMATORY = tuple(_LD_VALUESETS["valuesets"]["ld_inflammatory_disorder_conditions"]["values"])
 STOPPED = {"eligibility": "DEFER", "lymphodepletion": "HOLD", "infusion": "DEFER"}
+# each shared concept's reason code in each phase (the same code where the phases share it)
+SHARED = {
+    "infection": dict.fromkeys(STOPPED, "ACTIVE_INFECTION"),
+    "gvhd": dict.fromkeys(STOPPED, "ACTIVE_GVHD"),
+    "inflammatory disorder": dict.fromkeys(STOPPED, "ACTIVE_INFLAMMATORY_DISORDER"),
+    "recent allo-HCT": {
+        "eligibility": "APHERESIS_TOO_SOON_AFTER_ALLO_HCT",
+        "lymphodepletion": "ALLO_HCT_TOO_RECENT",
+        "infusion": "ALLO_HCT_TOO_RECENT",
+    },
+    "recent DLI": dict.fromkeys(STOPPED, "DLI_WITHIN_6_WEEKS"),
+}
 
 
 def _spelled(name: str) -> st.SearchStrategy[str]:
@@ -751,8 +765,15 @@ def candidate_with_conditions(draw: st.DrawFn) -> list[dict[str, Any]]:
          "time": "2025-03-01"},
         {"type": "product_request", "product": "axi-cel", "time": "2025-03-01"},
     ]  # fmt: skip
+    for name, earliest in (("allogeneic_hct", date(2024, 10, 1)), ("DLI", date(2025, 1, 1))):
+        if draw(st.booleans()):  # a transplant or DLI some days before (the 100-day, 6-week marks)
+            when = earliest + timedelta(
+                days=draw(st.integers(0, (date(2025, 3, 9) - earliest).days))
+            )
+            facts.append({"type": "procedure", "name": name, "status": "done",
+                          "time": when.isoformat()})  # fmt: skip
     for _ in range(draw(st.integers(0, 4))):
-        name = draw(st.sampled_from(INFECTIONS + GVHD))
+        name = draw(st.sampled_from(INFECTIONS + GVHD + INFLAMMATORY))
         day, hour = draw(st.integers(2, 9)), draw(st.integers(0, 23))
         facts.append(
             {
@@ -771,14 +792,15 @@ def test_no_phase_proceeds_while_another_stops_for_the_same_shared_concept(
     cds: engine.Engine, facts: list[dict[str, Any]]
 ) -> None:
     """Eligibility, lymphodepletion and the infusion read one definition of an active
-    serious infection and of active GVHD (rules/concepts.yaml): when any of them stops for
-    one (DEFER or HOLD with its reason), every one stops for it."""
+    serious infection, active GVHD, an active inflammatory disorder, a recent allo-HCT and a
+    recent DLI (rules/concepts.yaml): when any of them stops for one (DEFER or HOLD with its
+    reason), every one stops for it."""
     findings = cds.evaluate(facts)["findings"]
     decisions = {phase: findings.get(phase) or {} for phase in STOPPED}
-    for code in SHARED:
-        stopping = {p for p, f in decisions.items() if code in (f.get("reasons") or [])}
+    for concept, codes in SHARED.items():
+        stopping = {p for p, f in decisions.items() if codes[p] in (f.get("reasons") or [])}
         if stopping:
-            assert stopping == set(STOPPED), (code, decisions)
+            assert stopping == set(STOPPED), (concept, decisions)
             for phase, stopped in STOPPED.items():
                 assert decisions[phase].get("decision") in (stopped, "INELIGIBLE"), (
                     phase,
