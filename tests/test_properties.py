@@ -610,6 +610,18 @@ def one_order(weight_kg: float, dose: float, unit: str) -> list[dict[str, Any]]:
 
 PER_KG_ORDER = one_order(115, 7, "mg/kg")  # 805 mg
 GRAM_ORDER = one_order(70, 1, "g")  # 1000 mg
+# an order approved only once a current weight arrives later is still a dose at its own
+# time: a second order 30 min after it is refused (the dose had moved to the weight's time)
+WEIGHED_AFTER_THE_ORDER: list[dict[str, Any]] = [
+    dict(gen.INFUSION),
+    {"id": "a0", "time": "2025-05-06T04:00:00Z", "type": "medication_admin",
+     "rxnorm": "612865", "drug": "tocilizumab 20 MG/ML Injection"},
+    {"id": "o1", "time": "2025-05-06T04:30:00Z", "type": "order_request", "drug": "tocilizumab"},
+    {"id": "o2", "time": "2025-05-06T12:00:00Z", "type": "order_request", "drug": "tocilizumab"},
+    {"id": "o3", "time": "2025-05-06T12:30:00Z", "type": "order_request", "drug": "tocilizumab"},
+    {"id": "pt0", "type": "patient", "time": "2025-04-06T12:00:00Z", "weight_kg": 30},
+    {"id": "pt1", "type": "patient", "time": "2025-05-06T12:30:00Z", "weight_kg": 30},
+]  # fmt: skip
 
 
 @settings(max_examples=100, deadline=None)
@@ -627,6 +639,7 @@ def test_the_tocilizumab_guard_never_gives_a_dose_at_the_instant_of_another_dose
 @settings(max_examples=100, deadline=None)
 @example(facts=PER_KG_ORDER)
 @example(facts=GRAM_ORDER)
+@example(facts=WEIGHED_AFTER_THE_ORDER)
 @given(facts=dose_history_and_orders(units=("mg", "g", "mg/kg")))
 def test_the_tocilizumab_guard_compares_the_ordered_dose_in_its_unit(
     cds: engine.Engine, facts: list[dict[str, Any]]
