@@ -116,7 +116,7 @@ class Server:
 
     def call(self, method: str, path: str, keys: Keys | None = None, **kw: Any) -> httpx.Response:
         token = (keys or self.clients).token(self.service.base_url + path.split("?")[0])
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": f"Bearer {token}", **kw.pop("headers", {})}
         return self.http.request(method, path, headers=headers, **kw)
 
     def reload(self, rules: str | None) -> httpx.Response:
@@ -162,6 +162,22 @@ def test_an_invalid_rule_set_is_refused_with_its_located_problems(server: Server
     assert "the rules in service are unchanged" in body["detail"]
     assert [p["location"] for p in body["problems"]] == ["bad/crs.yaml:26:19"]
     assert "unknown field 'nmae'" in body["problems"][0]["reason"]
+    assert server.digest() == digest_of(server.dirs["a"])
+
+
+def test_a_directory_no_file_system_can_name_is_refused_not_a_server_error(
+    server: Server,
+) -> None:
+    """A NUL byte or an unpaired surrogate in the path (found by the schema fuzzer: 500)."""
+    # JSON escapes, as a client sends them; the request model refuses the surrogate itself
+    for bad, reason in (("rules\\u0000dir", "is not a usable path"), ("x\\ud800", "string")):
+        body = '{"rules": "' + bad + '"}'
+        answer = server.call(
+            "POST", "/admin/rules/reload", server.admins, content=body,
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        assert answer.status_code == 422, answer.text
+        assert reason in answer.json()["problems"][0]["reason"]
     assert server.digest() == digest_of(server.dirs["a"])
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine._resources import rules_dir
-from engine.errors import RuleSetError
+from engine.errors import Problem, RuleSetError
 from engine.language.ruleset import Scalar
 from engine.language.validate import digest_of
 from engine.runtime.api import Engine, load_rules
@@ -121,7 +121,7 @@ class RuleHolder:
         with self._reloading:  # one reload at a time; requests go on meanwhile
             previous = self._current
             target = directory if directory is not None else previous.directory
-            target = str(Path(target).resolve()) if target is not None else None
+            target = _usable_path(target) if target is not None else None
             if digest_of(target or rules_dir()) == previous.digest:
                 return Reloaded(previous, previous)  # the same files (and the same policy)
             engine = load_rules(target, policy=dict(self.policy))
@@ -187,6 +187,16 @@ def install_sighup(holder: RuleHolder) -> Callable[[], None]:
         loop.remove_signal_handler(hangup)
 
     return remove
+
+
+def _usable_path(directory: str) -> str:
+    """The absolute path of a rules directory, or RuleSetError for a string no file system
+    can name (a NUL byte, an unpaired surrogate): refused with a reason, not a crash."""
+    try:
+        return str(Path(directory).resolve())
+    except (ValueError, UnicodeError) as exc:
+        reason = f"rules directory {directory[:80]!r} is not a usable path ({exc})"
+        raise RuleSetError([Problem(reason)]) from exc
 
 
 __all__ = ["Generation", "Parts", "Reloaded", "RuleHolder", "install_sighup"]
