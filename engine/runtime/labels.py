@@ -132,17 +132,13 @@ def readable(value: Any, labels: Labels | Shown) -> Any:
             else:
                 out[k] = readable(v, labels)
         return out
+    # the other shapes as the plain ones they stand for
     if isinstance(value, str):
         return labels.text(value)
     if isinstance(value, list | tuple):
-        return [readable(v, labels) for v in value]
+        return readable(list(value), labels)
     if isinstance(value, Mapping):
-        return {
-            k: _time(v)
-            if k.endswith("_t") and isinstance(v, int | float) and not isinstance(v, bool)
-            else readable(v, labels)
-            for k, v in value.items()
-        }
+        return readable(dict(value), labels)
     return value
 
 
